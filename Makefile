@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 SEED    ?= .cache/seed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup seed demo test lint clean-venv
 
 setup: $(STAMP)
 
@@ -24,11 +24,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, transformers, vllm, megatron.core, math_verify"
 	@touch $(STAMP)
 
-demo: setup
+# The seed model (tokenizer + tiny Llama + SFT warm-up, ~2-3 min) is built once and cached; the
+# demo starts from it and the training tests use it.
+seed: setup $(SEED)/seed_report.json
+
+$(SEED)/seed_report.json: | $(STAMP)
+	$(BIN)/semionline seed --out $(SEED)
+
+demo: seed
 	$(BIN)/python launch/demo.py --seed-dir $(SEED)
 
-test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: seed
+	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check engine kernels tests launch

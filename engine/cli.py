@@ -27,10 +27,11 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.config import ConfigError
-    from engine.data.prompts import DataError
+    from engine.data.prompts import PromptFileError
+    from engine.data.tokenizer import UnencodableTextError
     from engine.model.hf_io import CheckpointError
 
-    return (UserError, ConfigError, DataError, CheckpointError, FileNotFoundError)
+    return (UserError, ConfigError, PromptFileError, UnencodableTextError, CheckpointError, FileNotFoundError)
 
 
 def cmd_seed(args) -> None:
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM's INFO lines drown the progress bar
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

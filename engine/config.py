@@ -68,7 +68,7 @@ class LearnerConfig(_Section):
     tp: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
     micro_batch_size: int = Field(32, ge=1)  # sequences per forward/backward
-    threads: int = Field(0, ge=0)  # torch intra-op threads for the learner; 0 = leave as is
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all cores but one (CPU: the sampler's)
 
 
 class SamplerConfig(_Section):

@@ -14,6 +14,7 @@ batch; every rank trains on it; weight pushes are collective (TP gather) with ra
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class Orchestrator:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
         torch.manual_seed(cfg.seed)
+        if mesh.device.type == "cpu":  # vLLM's CPU worker pins itself to one core and busy-polls
+            per_rank = max(1, (os.cpu_count() or 2) // mesh.world_size - (1 if self.is_driver else 0))
+            torch.set_num_threads(cfg.learner.threads or per_rank)
         self.rng = random.Random(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_rows = load_prompts(cfg.data.train)
@@ -218,10 +222,10 @@ class Orchestrator:
                 [self.eval_ids[i] for i in idx], n=1, temperature=1.0, top_p=1.0,
                 max_tokens=self.cfg.rollout.max_tokens, stop_token_ids=self.stop_ids, seed=step,
             )  # fmt: skip
-            probe = [(self.eval_ids[i], list(o[0].token_ids), list(o[0].logprobs)) for i, o in zip(idx, outs)]
+            probe = [(self.eval_ids[i], list(o[0].token_ids), list(o[0].logprobs)) for i, o in zip(idx, outs, strict=True)]
         probe = self._broadcast(probe)
         learner = self.learner.score([(p, r) for p, r, _ in probe])
-        diffs = torch.cat([(lp - torch.tensor(s)).abs() for lp, (_, _, s) in zip(learner, probe)])
+        diffs = torch.cat([(lp - torch.tensor(s)).abs() for lp, (_, _, s) in zip(learner, probe, strict=True)])
         gap = float(diffs.mean()) if diffs.numel() else 0.0
         if gap > self.cfg.sampler.max_logprob_gap:
             raise LogprobGapError(

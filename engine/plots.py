@@ -44,7 +44,7 @@ def plot_dynamics(run_dir: str | Path, out_png: str | Path | None = None) -> Pat
     cols = 3
     nrows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.6 * nrows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):
         xs, ys = _series(rows, key)
         ax.plot(xs, ys, marker="." if len(xs) < 40 else None)
         ax.set_title(key, fontsize=9)

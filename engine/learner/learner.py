@@ -125,7 +125,7 @@ class Learner:
     def train_grpo(self, groups: Sequence[Group]) -> dict[str, float]:
         """One optimizer step on GRPO groups (clipped ratio vs behaviour log-probs, k3 KL)."""
         c = self.cfg.grpo
-        items: list[tuple[Rollout, float]] = [(r, a) for g in groups for r, a in zip(g.rollouts, g.advantages)]
+        items: list[tuple[Rollout, float]] = [(r, a) for g in groups for r, a in zip(g.rollouts, g.advantages, strict=False)]
         items = [(r, a) for r, a in items if r.response_ids]
         if not items:
             self.step += 1

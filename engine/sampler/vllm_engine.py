@@ -1,0 +1,291 @@
+"""The sampler: a vLLM `LLM` that takes token-id prompts, returns samples with their log-probs,
+and takes new weights in place every sync.
+
+    with VLLMSampler("runs/seed") as sampler:               # engine in its own process
+        groups = sampler.generate([[1, 20, 14]], n=8, temperature=1.0, top_p=1.0, max_tokens=64)
+        stats = sampler.push_weights(model.state_dict().items())   # HF names, full fp32 tensors
+        assert sampler.version == 1
+
+Entry scripts that build a sampler need an `if __name__ == "__main__":` guard: vLLM spawns
+processes. This module does not tokenize prompts (the engine's data layer does), choose rollouts,
+or rename/reshard weights (`engine/sync/` does); it must not touch the caller's
+torch.distributed state beyond what is documented below.
+
+Choices, and why:
+
+- Log-probs: `logprobs_mode="raw_logprobs"` and `logprobs=0`, so each sampled token comes back
+  with log softmax of the model's raw logits — temperature 1, before top-p/top-k — i.e. the same
+  quantity the learner computes, whatever sampling temperature was used (the GRPO behaviour
+  policy log-probs and the sampler/learner gap both want this).
+- Separate process (default): vLLM's V1 engine core runs in its own process and, on CPU, its
+  model in a further worker process (vLLM forces the multiprocess executor on CPU). Weights go
+  through `SharedMemoryFileTransport`. vLLM pins the worker's OpenMP threads: with
+  `VLLM_CPU_OMP_THREADS_BIND=auto` (default, kept unless the caller set it) on a 2-core machine
+  the worker gets 1 thread bound to core 0 and core 1 is left for the engine-core scheduler and
+  the learner. The caller's process keeps its torch thread count and torch.distributed state.
+  After each request the worker busy-polls (with sched_yield) for ~1 s before it sleeps, and
+  `close()` takes ~5 s (vLLM's graceful process shutdown).
+- In-process (`separate_process=False`, sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine
+  is built): the worker lives in the caller and weights go through `InProcessTransport`. vLLM
+  then (1) calls `torch.distributed.init_process_group` (gloo, world size 1, FileStore) in the
+  caller, so until `close()` the caller cannot create its own default group (`dist.new_group`
+  still works); had a default group existed, vLLM would adopt it as its world and destroy it
+  at shutdown, so this mode refuses to start when torch.distributed is initialized;
+  (2) replaces `torch.set_num_threads` with a no-op for the whole process (restored by
+  `close()`); generate/push run on 1 torch thread and hand the caller's count back.
+  Use it for single-process tests and debugging; the learner's path is the separate process.
+- KV cache: `kv_cache_gib` becomes the engine argument `kv_cache_memory_bytes` (fractions allowed).
+  An inherited `VLLM_CPU_KVCACHE_SPACE` would silently override it on CPU, so it is unset while
+  the engine is built.
+- `enforce_eager=True`: no torch.compile (start-up is already ~15 s on 2 cores).
+- Chunked prefill is off (`max_num_batched_tokens = max(4096, max_model_len)`, whole prompts per
+  step): in vllm-cpu 0.32, a seeded request whose prompt is split across steps crashes the
+  worker (`gen.set_offset` -> "CPU Generator does not use offset"), which any seeded batch
+  with more than max_num_batched_tokens prompt tokens triggers.
+- Prefix caching stays on (a group of n samples shares its prompt's KV); the cache is reset after
+  every push, since cached KV was computed with the old weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.sampler.transport import (
+    WORKER_EXTENSION_QUALNAME,
+    InProcessTransport,
+    PushStats,
+    SharedMemoryFileTransport,
+    WeightTransport,
+)
+
+LOGPROBS_MODE = "raw_logprobs"
+_GIB = 1 << 30
+
+
+@dataclass
+class Sample:
+    """One sampled response."""
+
+    token_ids: list[int]  # (L,) response tokens; a stop token that ended it is included
+    logprobs: list[float]  # (L,) raw model log-prob (temperature 1, no top-p) of each sampled token
+    text: str  # token_ids decoded, special tokens skipped
+    finish_reason: str  # "stop" (EOS or a stop token id) | "length" (max_tokens reached)
+
+
+@contextlib.contextmanager
+def _scoped_environ(overrides: dict[str, str | None]) -> Iterator[None]:
+    """Set (str) or unset (None) environment variables, restoring the old values on exit."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    try:
+        for key, value in overrides.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class VLLMSampler:
+    """A vLLM engine for an RL loop: token-id prompts in, samples with log-probs out, weights pushed in place."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        seed: int = 0,
+        max_model_len: int = 512,
+        dtype: str = "float32",
+        kv_cache_gib: float = 1.0,
+        separate_process: bool = True,
+    ):
+        config_path = Path(model_dir) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"VLLMSampler: {config_path} not found; model_dir must be a Hugging Face checkpoint "
+                "folder (config.json, *.safetensors, tokenizer files)"
+            )
+        if kv_cache_gib <= 0:
+            raise ValueError(f"VLLMSampler: kv_cache_gib must be > 0, got {kv_cache_gib}")
+        self.model_dir = str(model_dir)
+        self.separate_process = separate_process
+        self._version = 0
+        self._closed = False
+        self._saved_set_num_threads = torch.set_num_threads
+        if not separate_process and torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise RuntimeError(
+                "VLLMSampler(separate_process=False): torch.distributed is already initialized in this "
+                "process; the in-process vLLM engine would adopt that default group as its world and "
+                "destroy it at shutdown. Build the sampler with separate_process=True instead."
+            )
+
+        from vllm import LLM, envs
+
+        # vLLM caches its env vars once an engine has started in this process; re-read them.
+        envs.disable_envs_cache()
+        env = {
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if separate_process else "0",
+            "VLLM_CPU_KVCACHE_SPACE": None,
+        }
+        with _scoped_environ(env), self._restore_set_num_threads_on_error():
+            self._llm = LLM(
+                model=self.model_dir,
+                tokenizer=self.model_dir,
+                dtype=dtype,
+                seed=seed,
+                max_model_len=max_model_len,
+                kv_cache_memory_bytes=int(kv_cache_gib * _GIB),
+                logprobs_mode=LOGPROBS_MODE,
+                enforce_eager=True,
+                enable_chunked_prefill=False,  # see the module docstring: seeded requests crash with it
+                max_num_batched_tokens=max(4096, max_model_len),
+                disable_log_stats=True,
+                worker_extension_cls=WORKER_EXTENSION_QUALNAME if separate_process else "",
+            )
+        self._transport: WeightTransport = (
+            SharedMemoryFileTransport(self._llm) if separate_process else InProcessTransport(self._llm)
+        )
+
+    @property
+    def version(self) -> int:
+        """Weight version: 0 for the checkpoint in model_dir, +1 per `push_weights`."""
+        return self._version
+
+    @property
+    def transport_name(self) -> str:
+        return self._transport.name
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        stop_token_ids: list[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """Sample n responses per prompt; returns samples[prompt][sample].
+
+        With `seed`, prompt i's sample j uses seed + i * n + j (vLLM gives a request's n children
+        seed, seed + 1, ...), so results are reproducible and identical prompts still get
+        different samples. Without it, the engine's own stream (seeded at start-up) is used.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_open()
+        if n < 1 or max_tokens < 1:
+            raise ValueError(f"generate: n and max_tokens must be >= 1, got n={n}, max_tokens={max_tokens}")
+        if not prompt_token_ids:
+            return []
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                stop_token_ids=list(stop_token_ids or []),
+                seed=None if seed is None else seed + i * n,
+                logprobs=0,
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompt_token_ids))
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+        with self._engine_threads():
+            outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [[self._to_sample(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+
+    @staticmethod
+    def _to_sample(completion) -> Sample:
+        token_ids = list(completion.token_ids)
+        if completion.logprobs is None or len(completion.logprobs) != len(token_ids):
+            raise RuntimeError(
+                f"vLLM returned {0 if completion.logprobs is None else len(completion.logprobs)} "
+                f"log-prob entries for {len(token_ids)} tokens"
+            )
+        logprobs = [
+            float(step[tok].logprob) for tok, step in zip(token_ids, completion.logprobs, strict=True)
+        ]
+        return Sample(token_ids, logprobs, completion.text, str(completion.finish_reason))
+
+    def push_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
+        """Replace the engine's weights in place with HF-named full tensors; bumps `version`.
+
+        Each layer touched must get all of its tensors (see `engine/sampler/transport.py`).
+        The prefix cache is cleared afterwards: its KV was computed with the old weights.
+        """
+        self._check_open()
+        with self._engine_threads():
+            stats = self._transport.push(named_tensors)
+        if not self._llm.reset_prefix_cache():
+            raise RuntimeError(
+                "push_weights: vLLM could not reset its prefix cache (requests still running?)"
+            )
+        self._version += 1
+        return stats
+
+    def close(self) -> None:
+        """Shut the engine down (processes included) and undo in-process side effects. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # In-process, the engine core's shutdown also destroys the default process group it
+        # created, unfreezes the gc heap it froze, and clears vLLM's env-var cache.
+        self._llm.llm_engine.engine_core.shutdown()
+        if not self.separate_process:
+            torch.set_num_threads = self._saved_set_num_threads
+        del self._llm, self._transport
+        gc.collect()
+
+    @contextlib.contextmanager
+    def _engine_threads(self) -> Iterator[None]:
+        """In-process only: run the engine on 1 torch thread, then give the caller its count back.
+
+        vLLM wants 1 intra-op thread while serving (more threads spin-wait against its serial
+        step code: 2 threads made generation ~15x slower on 2 cores), but its in-process CPU
+        worker also turns `torch.set_num_threads` into a no-op, so its own request is lost. The
+        original function, saved before the engine started, is used here.
+        """
+        if self.separate_process:
+            yield
+            return
+        caller_threads = torch.get_num_threads()
+        self._saved_set_num_threads(1)
+        try:
+            yield
+        finally:
+            self._saved_set_num_threads(caller_threads)
+
+    @contextlib.contextmanager
+    def _restore_set_num_threads_on_error(self) -> Iterator[None]:
+        """A failed in-process start must not leave vLLM's no-op `torch.set_num_threads` behind."""
+        try:
+            yield
+        except BaseException:
+            torch.set_num_threads = self._saved_set_num_threads
+            raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("VLLMSampler is closed")
+
+    def __enter__(self) -> VLLMSampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
