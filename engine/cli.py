@@ -65,6 +65,12 @@ def cmd_train(args) -> None:
         mesh.destroy()
 
 
+def check_checkpoint_dir(path: str) -> None:
+    from engine.model.hf_io import check_checkpoint_dir as check
+
+    check(path)
+
+
 def _sampler(model: str, seed: int):
     from engine.sampler.vllm_engine import VLLMSampler
 
@@ -79,6 +85,7 @@ def cmd_eval(args) -> None:
 
     cfg = EvalConfig(max_prompts=args.max_prompts, samples=args.samples, temperature=args.temperature,
                      top_p=args.top_p, max_tokens=args.max_tokens)
+    check_checkpoint_dir(args.model)
     tok = load_tokenizer(args.model)
     rows = load_prompts(args.data)[: cfg.max_prompts]
     ids = [encode_prompt(tok, r.prompt) for r in rows]
@@ -96,6 +103,7 @@ def cmd_generate(args) -> None:
     from engine.data.prompts import load_prompts, write_jsonl
     from engine.data.tokenizer import encode_prompt, load_tokenizer
 
+    check_checkpoint_dir(args.model)
     tok = load_tokenizer(args.model)
     rows = load_prompts(args.data)
     ids = [encode_prompt(tok, r.prompt) for r in rows]
@@ -121,6 +129,7 @@ def cmd_score(args) -> None:
 
     if args.pp != 1:
         raise UserError("--pp > 1: pipeline parallelism is not part of this engine yet (tensor parallel only)")
+    check_checkpoint_dir(args.model)
     mesh = Mesh.init(tp_size=args.tp)
     try:
         tok = load_tokenizer(args.model)

@@ -30,6 +30,7 @@ from engine.data.tokenizer import encode_prompt, load_tokenizer
 from engine.evaluate import evaluate_math
 from engine.learner.learner import Learner
 from engine.metrics import MetricsLogger
+from engine.model.hf_io import check_checkpoint_dir
 from engine.parallel.mesh import Mesh
 from engine.rewards.math import math_reward_batch
 from engine.rollout.build import build_groups, build_pairs
@@ -79,6 +80,7 @@ class Orchestrator:
             per_rank = max(1, (os.cpu_count() or 2) // mesh.world_size - (1 if self.is_driver else 0))
             torch.set_num_threads(cfg.learner.threads or per_rank)
         self.rng = random.Random(cfg.seed)
+        check_checkpoint_dir(cfg.model)
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_rows = load_prompts(cfg.data.train)
         self.eval_rows = load_prompts(cfg.data.eval)[: cfg.eval.max_prompts]

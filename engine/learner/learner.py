@@ -74,13 +74,20 @@ class Learner:
         self.step += 1
         return {"train/grad_norm": grad_norm, "train/lr": lr}
 
+    def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """No training signal this step (e.g. every prompt's rewards were equal): no update, but the
+        step counts so `s` keeps its meaning. Loss-side metrics are NaN (null in metrics.jsonl)."""
+        self.step += 1
+        self.scheduler.step()
+        nan = float("nan")
+        return {**metrics, "train/loss": nan, "train/grad_norm": 0.0, "kl/ref": nan, "policy/entropy": nan,
+                "train/lr": self.scheduler.get_last_lr()[0]}
+
     def train_dpo(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
         """One optimizer step on DPO pairs; an empty list (no informative prompt) skips the update
         but still counts the step, so `s` keeps its meaning."""
         if not pairs:
-            self.step += 1
-            self.scheduler.step()
-            return {"train/pairs": 0.0}
+            return self._skip_step({"train/pairs": 0.0})
         c = self.cfg.dpo
         pairs_per_micro = max(1, self.cfg.learner.micro_batch_size // 2)
         total = len(pairs)
@@ -128,9 +135,7 @@ class Learner:
         items: list[tuple[Rollout, float]] = [(r, a) for g in groups for r, a in zip(g.rollouts, g.advantages, strict=False)]
         items = [(r, a) for r, a in items if r.response_ids]
         if not items:
-            self.step += 1
-            self.scheduler.step()
-            return {"train/sequences": 0.0}
+            return self._skip_step({"train/sequences": 0.0})
         total_tokens = sum(len(r.response_ids) for r, _ in items)
         old_learner = None
         if c.tis_cap is not None:  # ratio against the pre-update learner, TIS weight vs sampler

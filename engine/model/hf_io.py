@@ -47,6 +47,19 @@ class CheckpointError(ValueError):
     """A model directory that cannot be loaded: the message names the directory and what is wrong."""
 
 
+def check_checkpoint_dir(model_dir: str | Path) -> Path:
+    """Fail early, with one message, when `model_dir` is not a Hugging Face checkpoint folder
+    (before a tokenizer or engine load reports something less direct)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json (expected a Hugging Face checkpoint folder)")
+    if not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"{path} has no *.safetensors weight files")
+    return path
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                     "generation_config.json")

@@ -15,7 +15,7 @@ REQUIRED = ["step", "reward/mean", "response/length", "policy/entropy", "train/l
 def _train(seed_dir, run_dir, *overrides):
     cmd = [sys.executable, "-m", "engine.cli", "train", "--run-dir", str(run_dir), f"model={seed_dir}",
            f"data.train={seed_dir}/data/train.jsonl", f"data.eval={seed_dir}/data/heldout.jsonl", "steps=3",
-           "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_tokens=32",
+           "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_tokens=32",
            "eval.max_prompts=16", "eval.every=0", "eval.max_tokens=32", "optim.lr=1e-4", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
