@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, when run as a script
+
 RUNS = {
     "semi-online DPO": "configs/demo/dpo.yaml",
     "online GRPO": "configs/demo/grpo.yaml",
@@ -37,19 +39,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed-dir", default=".cache/seed")
     ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--report-only", action="store_true", help="re-print the table from existing runs")
     ap.add_argument("overrides", nargs="*", help="dotted overrides applied to both runs")
     args = ap.parse_args()
     t0 = time.perf_counter()
     seed_dir, out = Path(args.seed_dir), Path(args.out)
-    ensure_seed(seed_dir)
+    if not args.report_only:
+        ensure_seed(seed_dir)
     common = [f"model={seed_dir}", f"data.train={seed_dir}/data/train.jsonl", f"data.eval={seed_dir}/data/heldout.jsonl"]
     run_dirs = {}
     for label, config in RUNS.items():
         run_dir = out / Path(config).stem
+        run_dirs[label] = run_dir
+        if args.report_only:
+            continue
         print(f"== {label}: semionline train --config {config} --run-dir {run_dir}", flush=True)
         subprocess.run([sys.executable, "-m", "engine.cli", "train", "--config", config, "--run-dir", str(run_dir),
                         *common, *args.overrides], check=True)
-        run_dirs[label] = run_dir
 
     from engine.metrics import read_metrics
     from engine.plots import plot_accuracy, plot_dynamics

@@ -142,6 +142,9 @@ def write_jsonl(path: str | Path, rows: Iterable[PromptRow | Mapping[str, Any]])
                 obj = row.to_json() if isinstance(row, PromptRow) else dict(row)
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 count += 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
