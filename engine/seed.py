@@ -17,8 +17,8 @@ with `transformers.generate` -> saved atomically (temp dir + rename) into `out_d
 The warm-up is deliberately short: the seed solves about half of the held-out problems greedily
 (seed 0: ~50%), so RL has room to improve. ~1.5 minutes on 2 idle CPU cores with the defaults
 (bf16 autocast where the CPU has native bf16; about twice that in fp32 elsewhere). The build uses
-cores left idle by others (`default_num_threads`): on the shared 2-core machine, two 2-thread
-torch jobs spin against each other and each runs 4-8x slower, where one thread each halves.
+every core it is given (`num_threads`); on a machine shared with other torch jobs, fewer threads
+avoid OpenMP threads spinning against each other.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class SeedReport:
     batch_size: int
     sft_examples: int
     precision: str  # what "auto" resolved to
-    num_threads: int  # at the start; without an explicit num_threads it follows the machine's load
+    num_threads: int
     final_loss: float  # mean response-token loss over the last 10 steps
     heldout_accuracy: float  # transformers greedy, "The answer is N" vs the reference
     heldout_prompts: int
@@ -133,15 +133,6 @@ def _resolve_precision(precision: str) -> str:
     except OSError:
         return "fp32"
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-
-
-def default_num_threads(own_threads: int = 0) -> int:
-    """The cores this process may use minus the load of other work (the 1-minute load average less
-    `own_threads`, this process's busy threads), at least 1. On a shared machine oversubscribed
-    OpenMP threads cost far more than a missing thread."""
-    cores = len(os.sched_getaffinity(0))
-    others = max(0.0, os.getloadavg()[0] - own_threads)
-    return max(1, min(cores, round(cores - others)))
 
 
 def _length_grouped_batches(examples: Sequence[EncodedExample], batch_size: int, rng: random.Random, *,
@@ -189,9 +180,8 @@ def response_loss(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor
 
 
 def train_sft(model: LlamaForCausalLM, examples: Sequence[EncodedExample], cfg: SFTConfig, *,
-              seed: int = 0, adapt_threads: bool = False, progress: bool = True) -> list[float]:
-    """Supervised warm-up in place; returns the loss of every step. With `adapt_threads` the torch
-    thread count follows the machine's spare cores (re-checked every 50 steps)."""
+              seed: int = 0, progress: bool = True) -> list[float]:
+    """Supervised warm-up in place; returns the loss of every step."""
     precision = _resolve_precision(cfg.precision)
     rng = random.Random(f"semionline-seed-sft:{seed}")
     batches = _length_grouped_batches(examples, cfg.batch_size, rng, curriculum=cfg.curriculum)
@@ -210,8 +200,6 @@ def train_sft(model: LlamaForCausalLM, examples: Sequence[EncodedExample], cfg: 
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="seed sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        if adapt_threads and step % 50 == 49:
-            torch.set_num_threads(default_num_threads(own_threads=torch.get_num_threads()))
         ids, mask = _collate(batches[step % len(batches)])
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -221,7 +209,7 @@ def train_sft(model: LlamaForCausalLM, examples: Sequence[EncodedExample], cfg: 
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", threads=torch.get_num_threads())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
 
@@ -284,8 +272,7 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
     """Build the seed model directory (see the module docstring); returns what was measured."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    threads = num_threads or default_num_threads()
-    previous_threads = torch.get_num_threads()
+    threads = num_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     sft_cfg = SFTConfig(steps=steps, batch_size=batch_size, lr=lr, precision=precision, curriculum=curriculum,
@@ -303,8 +290,7 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
 
         model = LlamaForCausalLM(model_config.to_hf())
         t0 = time.perf_counter()
-        losses = train_sft(model, examples, sft_cfg, seed=seed, adapt_threads=num_threads is None,
-                           progress=progress)
+        losses = train_sft(model, examples, sft_cfg, seed=seed, progress=progress)
         train_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -332,8 +318,6 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        torch.set_num_threads(previous_threads)
     return report
 
 

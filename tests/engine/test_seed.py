@@ -20,21 +20,10 @@ from engine.seed import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two-thread jobs on the shared 2-core machine slow each other down 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def seed_dir(tmp_path_factory, one_thread):
+def seed_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("seed") / "model"
-    threads = torch.get_num_threads()
-    report = build_seed(out, steps=3, batch_size=4, n_rl_prompts=40, n_heldout=8, num_threads=1, progress=False)
-    assert torch.get_num_threads() == threads  # restored
+    report = build_seed(out, steps=3, batch_size=4, n_rl_prompts=40, n_heldout=8, progress=False)
     return out, report
 
 
