@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The seed model (tokenizer + tiny Llama + SFT warm-up, ~2-3 min) is built once and cached; the
-# demo starts from it and the training tests use it.
+# demo starts from it and the training tests use it. It is rebuilt when its recipe files change.
 seed: setup $(SEED)/seed_report.json
 
-$(SEED)/seed_report.json: | $(STAMP)
+$(SEED)/seed_report.json: engine/seed.py engine/data/synthetic.py engine/data/tokenizer.py | $(STAMP)
 	$(BIN)/semionline seed --out $(SEED)
 
 demo: seed

@@ -6,19 +6,27 @@
 Steps: a character tokenizer (engine/data/tokenizer.py) -> a randomly initialised ~3M-parameter
 `LlamaForCausalLM` (head_dim 64, which vLLM's CPU build needs; vocab 128, a multiple of 64 so
 TP=2 divides it; untied embeddings; fp32) -> supervised warm-up on synthetic arithmetic problems
-(engine/data/synthetic.py; loss on response + EOS tokens only; AdamW) -> greedy held-out accuracy
-with `transformers.generate` -> saved atomically (temp dir + rename) into `out_dir`:
+(engine/data/synthetic.py; loss on response + EOS tokens only; AdamW) in two phases -> greedy
+held-out accuracy with `transformers.generate` -> saved atomically (temp dir + rename) into `out_dir`:
 
     out_dir/config.json, model.safetensors, generation_config.json, tokenizer files
     out_dir/data/train.jsonl      RL prompts (training distribution)   {"prompt", "answer"}
     out_dir/data/heldout.jsonl    held-out prompts, never trained on    {"prompt", "answer"}
     out_dir/seed_report.json      SeedReport
 
-The warm-up is deliberately short: the seed solves about half of the held-out problems greedily
-(seed 0: ~50%), so RL has room to improve. ~1.5 minutes on 2 idle CPU cores with the defaults
-(bf16 autocast where the CPU has native bf16; about twice that in fp32 elsewhere). The build uses
-every core it is given (`num_threads`); on a machine shared with other torch jobs, fewer threads
-avoid OpenMP threads spinning against each other.
+Phase 1 (600 steps of 16, lr 1e-3): worked solutions only (" 7+5=12. 12-3=9. The answer is 9.").
+Phase 2 (`mix_steps` = 150, lr 3e-4): half of the responses are bare answers (" The answer is 9."),
+like a base model that sometimes answers without working. The seed then answers directly about
+half the time, and its bare answers are mostly wrong (a 3M-parameter model cannot do two steps of
+arithmetic in one token), so it solves ~20% of the held-out problems (seed 0, temperature 0.6)
+while its worked solutions solve ~35%. That is the room RL has: learning that working it out
+pays is a behaviour shared by every prompt, so a few dozen RL steps learn it and it carries over
+to held-out problems. Without phase 2, RL at the demo's scale has only per-problem arithmetic to
+improve, which it learns on the prompts it trains on but which does not carry over in 30 steps
+(docs/decisions.md, 2026-11-26). ~2.5 minutes on 2 idle CPU cores with the defaults (bf16
+autocast where the CPU has native bf16; about twice that in fp32 elsewhere). The build uses every
+core it is given (`num_threads`); on a machine shared with other torch jobs, fewer threads avoid
+OpenMP threads spinning against each other.
 """
 
 from __future__ import annotations
@@ -111,9 +119,12 @@ class SeedReport:
     num_threads: int
     final_loss: float  # mean response-token loss over the last 10 steps
     heldout_accuracy: float  # transformers greedy, "The answer is N" vs the reference
+    heldout_worked_fraction: float  # greedy responses that show their steps ("a+b=c. ...")
     heldout_prompts: int
     rl_prompts: int
     max_response_tokens: int  # longest SFT response + EOS: a safe sampler max_tokens is this or more
+    mix_steps: int  # second warm-up phase, where `direct_fraction` of the responses are bare answers
+    direct_fraction: float
     train_seconds: float
     eval_seconds: float
     seconds: float  # the whole build
@@ -235,6 +246,23 @@ def greedy_responses(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
     return [texts[i] for i in range(len(prompts))]
 
 
+def direct_solution(problem) -> str:
+    """The bare answer, without the worked steps: " The answer is N."."""
+    return f" The answer is {problem.answer}."
+
+
+def mixed_responses(problems: Sequence, direct_fraction: float, *, seed: int = 0) -> list[str]:
+    """The phase-2 responses: each problem's bare answer with probability `direct_fraction`,
+    else its worked solution (deterministic in `seed`)."""
+    rng = random.Random(f"semionline-seed-direct:{seed}")
+    return [direct_solution(p) if rng.random() < direct_fraction else p.solution for p in problems]
+
+
+def shows_work(response: str) -> bool:
+    """True when the response starts with a worked step (" 7+5=12. ..."), not a bare answer."""
+    return bool(re.match(r"\s*\d+\s*[-+*]", response))
+
+
 def answer_is_correct(response: str, answer: str) -> bool:
     """The number after the last "The answer is" equals `answer` (a quick stand-in for the math
     reward, which also takes the last "answer is" phrase)."""
@@ -268,7 +296,8 @@ def _save_atomically(tmp_dir: Path, out_dir: Path) -> None:
 def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_size: int = 16, lr: float = 1e-3,
                precision: str = "auto", curriculum: float = 0.3, n_rl_prompts: int = 4000, n_heldout: int = 200,
                difficulty: Difficulty = Difficulty(), model_config: SeedModelConfig = SeedModelConfig(),
-               num_threads: int | None = None, progress: bool = True) -> SeedReport:
+               num_threads: int | None = None, mix_steps: int = 150, direct_fraction: float = 0.5,
+               mix_lr: float = 3e-4, progress: bool = True) -> SeedReport:
     """Build the seed model directory (see the module docstring); returns what was measured."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -291,11 +320,23 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
         model = LlamaForCausalLM(model_config.to_hf())
         t0 = time.perf_counter()
         losses = train_sft(model, examples, sft_cfg, seed=seed, progress=progress)
+        if mix_steps:
+            extra = sft_problems((steps + mix_steps) * batch_size, seed=seed, difficulty=difficulty)[len(problems):]
+            responses = mixed_responses(extra, direct_fraction, seed=seed)
+            mixed = [encode_example(tokenizer, p.prompt, r) for p, r in zip(extra, responses, strict=True)]
+            mix_cfg = SFTConfig(steps=mix_steps, batch_size=batch_size, lr=mix_lr, precision=precision, curriculum=0.0,
+                                warmup_steps=1)
+            losses += train_sft(model, mixed, mix_cfg, seed=seed + 1, progress=progress)
         train_seconds = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         max_response_tokens = max(len(e.input_ids) - e.prompt_len for e in examples)  # incl. EOS
-        accuracy = heldout_accuracy(model, tokenizer, heldout_rows, max_new_tokens=max_response_tokens + 16)
+        responses = greedy_responses(model, tokenizer, [r.prompt for r in heldout_rows],
+                                     max_new_tokens=max_response_tokens + 16)
+        n_heldout_rows = max(1, len(heldout_rows))
+        accuracy = sum(answer_is_correct(t, r.answer) for t, r in zip(responses, heldout_rows, strict=True))
+        accuracy /= n_heldout_rows
+        worked = sum(shows_work(t) for t in responses) / n_heldout_rows
         eval_seconds = time.perf_counter() - t0
 
         model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
@@ -307,8 +348,9 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
             out_dir=str(out_dir), seed=seed, params=sum(p.numel() for p in model.parameters()), steps=steps,
             batch_size=batch_size, sft_examples=len(examples), precision=_resolve_precision(precision),
             num_threads=threads, final_loss=sum(losses[-10:]) / max(1, len(losses[-10:])),
-            heldout_accuracy=accuracy, heldout_prompts=len(heldout_rows), rl_prompts=len(train_rows),
-            max_response_tokens=max_response_tokens, train_seconds=round(train_seconds, 2),
+            heldout_accuracy=accuracy, heldout_worked_fraction=worked, heldout_prompts=len(heldout_rows), rl_prompts=len(train_rows),
+            max_response_tokens=max_response_tokens, mix_steps=mix_steps, direct_fraction=direct_fraction,
+            train_seconds=round(train_seconds, 2),
             eval_seconds=round(eval_seconds, 2), seconds=0.0, model=asdict(model_config),
             difficulty=asdict(difficulty),
         )  # fmt: skip
@@ -327,8 +369,12 @@ def main(argv: Sequence[str] | None = None) -> SeedReport:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=SFTConfig.steps)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--mix-steps", type=int, default=150)
+    parser.add_argument("--direct-fraction", type=float, default=0.5)
+    parser.add_argument("--mix-lr", type=float, default=3e-4)
     args = parser.parse_args(argv)
-    report = build_seed(args.out, seed=args.seed, steps=args.steps, precision=args.precision)
+    report = build_seed(args.out, seed=args.seed, steps=args.steps, precision=args.precision,
+                        mix_steps=args.mix_steps, direct_fraction=args.direct_fraction, mix_lr=args.mix_lr)
     print(json.dumps(asdict(report), indent=2))
     return report
 

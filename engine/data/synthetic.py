@@ -21,9 +21,10 @@ are never trained on. The SFT, RL and held-out sets draw from independent random
 from one `seed`; each is deterministic in (`seed`, `n`, `difficulty`).
 
 `Difficulty` is the knob that sets how hard the task is (and so the seed model's accuracy). The
-defaults are tuned with engine/seed.py's warm-up (600 steps of 16): ~50% greedy held-out accuracy
-for seed 0, with room above for RL. A 3-operation, totals-up-to-99 variant left the seed near 15%. The default space has
-~2,800 distinct computations, ~290 of them held out, so ask for at most ~250 held-out prompts.
+defaults are tuned with engine/seed.py's worked-solutions warm-up (600 steps of 16): ~50% greedy
+held-out accuracy for seed 0 (before the seed's bare-answer phase). A 3-operation, totals-up-to-99
+variant left it near 15%. The default space has ~2,800 distinct computations, ~290 of them held
+out, so ask for at most ~250 held-out prompts.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.data.prompts import load_prompts
+from engine.data.synthetic import sft_problems
 from engine.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_example, encode_prompt
 from engine.seed import (
     SeedModelConfig,
@@ -16,14 +17,16 @@ from engine.seed import (
     answer_is_correct,
     build_seed,
     greedy_responses,
+    mixed_responses,
     response_loss,
+    shows_work,
 )
 
 
 @pytest.fixture(scope="module")
 def seed_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("seed") / "model"
-    report = build_seed(out, steps=3, batch_size=4, n_rl_prompts=40, n_heldout=8, progress=False)
+    report = build_seed(out, steps=3, mix_steps=2, batch_size=4, n_rl_prompts=40, n_heldout=8, progress=False)
     return out, report
 
 
@@ -52,7 +55,8 @@ def test_data_files_and_report(seed_dir):
     first = json.loads((out / "data" / "heldout.jsonl").read_text().splitlines()[0])
     assert set(first) == {"prompt", "answer"} and first["prompt"].endswith("\nA:") and first["answer"].isdigit()
     saved = json.loads((out / "seed_report.json").read_text())
-    assert saved["steps"] == 3 and saved["heldout_prompts"] == 8 and 0.0 <= saved["heldout_accuracy"] <= 1.0
+    assert saved["steps"] == 3 and saved["mix_steps"] == 2 and saved["heldout_prompts"] == 8
+    assert 0.0 <= saved["heldout_worked_fraction"] <= 1.0 and 0.0 <= saved["heldout_accuracy"] <= 1.0
     assert saved["model"] == SeedModelConfig().__dict__ and saved["seconds"] > 0
 
 
@@ -106,3 +110,15 @@ def test_prompt_encoding_of_saved_tokenizer_matches_training(seed_dir):
     tok = AutoTokenizer.from_pretrained(out)
     row = load_prompts(out / "data" / "train.jsonl")[0]
     assert encode_prompt(tok, row.prompt) == tok(row.prompt)["input_ids"]  # what vLLM sees for text
+
+
+def test_phase_two_mixes_bare_answers_into_worked_solutions():
+    problems = sft_problems(400, seed=0)
+    responses = mixed_responses(problems, 0.5, seed=0)
+    direct = [r for r in responses if not shows_work(r)]
+    assert 0.4 < len(direct) / len(problems) < 0.6
+    for p, r in zip(problems, responses, strict=True):  # both kinds keep the right final answer
+        assert r in (p.solution, f" The answer is {p.answer}.") and answer_is_correct(r, p.answer)
+    assert all(shows_work(r) for r in mixed_responses(problems, 0.0, seed=0))
+    assert mixed_responses(problems, 0.5, seed=0) == responses  # deterministic
+    assert not shows_work(" The answer is 12.") and shows_work(" 3*7=21. 21+7=28. The answer is 28.")
