@@ -62,3 +62,100 @@ def evaluate_math(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[Promp
         mean_length=sum(lengths) / max(len(lengths), 1),
         reward_timeouts=stats.timeouts,
     )
+
+
+# -- tasks scored by a model (reward model or judge) ---------------------------------------------
+
+
+@dataclass
+class WinRates:
+    win_rate: float  # P(policy's response scores above the baseline's; ties count 1/2)
+    lc_win_rate: float  # the same with the length difference regressed out (AlpacaEval 2.0 LC)
+    pairs: int
+
+
+def win_rates(scores: Sequence[float], baseline_scores: Sequence[float], lengths: Sequence[float],
+              baseline_lengths: Sequence[float], *, iters: int = 100) -> WinRates:
+    """Win rate of paired responses, raw and length-controlled.
+
+    The LC version follows AlpacaEval 2.0 in a small form. Fit a logistic model of the outcome
+    y_i ∈ {0, ½, 1} on z_i = tanh((len_i − baseline_len_i) / sd): P(win) = σ(θ0 + θ1·z_i). Report
+    σ(θ0), the win rate the model predicts when both responses have the same length. With no
+    length spread it is the raw win rate. The fit is Newton's method with a tiny ridge.
+    """
+    import torch
+
+    n = len(scores)
+    if not n == len(baseline_scores) == len(lengths) == len(baseline_lengths):
+        raise ValueError("win_rates needs equally many scores, baseline scores and lengths")
+    if n == 0:
+        return WinRates(float("nan"), float("nan"), 0)
+    s, b = torch.tensor(scores, dtype=torch.float64), torch.tensor(baseline_scores, dtype=torch.float64)
+    y = (s > b).double() + 0.5 * (s == b).double()
+    diff = torch.tensor(lengths, dtype=torch.float64) - torch.tensor(baseline_lengths, dtype=torch.float64)
+    sd = float(diff.std()) if n > 1 else 0.0
+    if sd == 0.0:
+        return WinRates(float(y.mean()), float(y.mean()), n)
+    x = torch.stack([torch.ones(n, dtype=torch.float64), torch.tanh(diff / sd)], dim=1)
+    theta = torch.zeros(2, dtype=torch.float64)
+    for _ in range(iters):
+        p = torch.sigmoid(x @ theta)
+        grad = x.t() @ (p - y) + 1e-6 * theta
+        hess = (x * (p * (1 - p))[:, None]).t() @ x + 1e-6 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        theta -= step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return WinRates(float(y.mean()), float(torch.sigmoid(theta[0])), n)
+
+
+@dataclass
+class ScoredEvalResult:
+    mean_score: float  # mean reward-model / judge score of the policy's responses
+    baseline_mean_score: float
+    win_rate: float  # against the baseline (seed) responses to the same prompts
+    lc_win_rate: float
+    prompts: int
+    samples: int
+    mean_length: float
+    failures: int  # judgements that failed after retries (dropped from the means)
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}/reward": self.mean_score, f"{prefix}/win_rate": self.win_rate,
+                f"{prefix}/lc_win_rate": self.lc_win_rate, f"{prefix}/response_length": self.mean_length}
+
+
+def evaluate_scored(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[PromptRow], cfg: EvalConfig, *,
+                    scorer, baseline: Sequence[str], baseline_lengths: Sequence[int], stop_token_ids: list[int],
+                    seed: int = 0) -> ScoredEvalResult:
+    """Sample `cfg.samples` responses per prompt and score them with `scorer(prompts, responses)
+    -> list[float | None]`. The baseline is one response per prompt (the seed's, made once at
+    step 0 by the caller, with its token count), and each sample is compared with the baseline of
+    its prompt. Failed
+    judgements (None) are dropped from every average and counted."""
+    if not len(baseline) == len(baseline_lengths) == len(rows):
+        raise ValueError(f"{len(baseline)} baseline responses ({len(baseline_lengths)} lengths) for {len(rows)} prompts")
+    greedy = cfg.temperature == 0.0
+    n = 1 if greedy else cfg.samples
+    outs = sampler.generate(
+        list(prompt_ids), n=n, temperature=cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
+        max_tokens=cfg.max_tokens, stop_token_ids=stop_token_ids, seed=seed,
+    )  # fmt: skip
+    prompts = [row.prompt for row, group in zip(rows, outs, strict=True) for _ in group]
+    texts = [s.text for group in outs for s in group]
+    lengths = [len(s.token_ids) for group in outs for s in group]
+    base_len = [n_tok for n_tok, group in zip(baseline_lengths, outs, strict=True) for _ in group]
+    all_scores = scorer(prompts + [r.prompt for r in rows], texts + list(baseline))
+    scores, base_scores = all_scores[: len(texts)], all_scores[len(texts) :]
+    base_per_sample = [base_scores[i] for i, group in enumerate(outs) for _ in group]
+    keep = [i for i in range(len(texts)) if scores[i] is not None and base_per_sample[i] is not None]
+    rates = win_rates([scores[i] for i in keep], [base_per_sample[i] for i in keep],
+                      [lengths[i] for i in keep], [base_len[i] for i in keep])
+    ok_base = [b for b in base_scores if b is not None]
+    return ScoredEvalResult(
+        mean_score=sum(scores[i] for i in keep) / max(1, len(keep)),
+        baseline_mean_score=sum(ok_base) / max(1, len(ok_base)),
+        win_rate=rates.win_rate, lc_win_rate=rates.lc_win_rate, prompts=len(outs), samples=n,
+        mean_length=sum(lengths) / max(1, len(lengths)),
+        failures=sum(s is None for s in all_scores),
+    )  # fmt: skip
