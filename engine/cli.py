@@ -1,11 +1,16 @@
-"""`semionline` command line: seed | train | eval | generate | score.
+"""`semionline` command line: seed | rm-train | train | eval | generate | score | bench.
 
     semionline seed --out .cache/seed
+    semionline rm-train --out .cache/rm                 # the chat task's reward model (CPU demo)
     semionline train --config configs/demo/grpo.yaml steps=3 sync_every=2 --run-dir runs/x
+    semionline train --resume runs/x                    # from its newest checkpoint (checkpoint.every=K)
+    torchrun --nproc-per-node 4 -m engine.cli train --config … learner.tp=2 learner.pp=2
     semionline eval --model runs/x/final --data .cache/seed/data/heldout.jsonl
     semionline generate --model .cache/seed --data prompts.jsonl --n 4 --out samples.jsonl
     semionline score --model .cache/seed --data pairs.jsonl --out scored.jsonl
-    torchrun --nproc-per-node 2 -m engine.cli score --model DIR --data FILE --out FILE --tp 2
+    torchrun --nproc-per-node 4 -m engine.cli score --model DIR --data FILE --out FILE --tp 2 --pp 2
+    semionline bench kernels [--help for its options]
+    semionline bench learner [--help for its options]
 
 Errors the user can fix (bad config key, broken data row, missing model files) print one line
 and exit with status 2; anything else propagates with its traceback.
@@ -48,21 +53,53 @@ def _default_run_dir(cfg) -> str:
     return f"runs/{cfg.objective}-s{cfg.sync_every}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def cmd_rm_train(args) -> None:
+    from dataclasses import asdict
+
+    from engine.rm_train import train_reward_model
+
+    print(json.dumps(asdict(train_reward_model(args.out, steps=args.steps, seed=args.seed)), indent=2))
+
+
 def cmd_train(args) -> None:
     from engine.config import load_config
     from engine.loop import Orchestrator
     from engine.parallel.mesh import Mesh
 
-    cfg = load_config(args.config, args.overrides)
-    mesh = Mesh.init(tp_size=cfg.learner.tp)
+    if args.resume:  # the run's own resolved config; overrides may change e.g. the layout
+        if args.config or args.run_dir:
+            raise UserError("--resume RUN_DIR takes the run's config and directory; drop --config / --run-dir")
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
+        cfg = load_config(Path(args.resume) / "config.yaml", args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    mesh = Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp)
     try:
-        run_dir = args.run_dir or _default_run_dir(cfg)
-        summary = Orchestrator(cfg, run_dir, mesh).run()
+        run_dir = args.resume or args.run_dir or _default_run_dir(cfg)
+        orchestrator = Orchestrator(cfg, run_dir, mesh)
+        if args.resume:
+            _restore(orchestrator, mesh)
+        summary = orchestrator.run()
         if mesh.rank == 0:
             print(json.dumps({"run_dir": summary.run_dir, "eval_accuracy": summary.eval_accuracy,
                               "final_checkpoint": summary.final_checkpoint, "seconds": round(summary.seconds, 1)}))
     finally:
         mesh.destroy()
+
+
+def _restore(orchestrator, mesh) -> None:
+    from engine import checkpoint
+
+    if mesh.rank == 0:
+        checkpoint.remove_partial(orchestrator.run_dir)
+    mesh.barrier()
+    ckpt = checkpoint.latest_checkpoint(orchestrator.run_dir)
+    if ckpt is None:
+        raise UserError(f"--resume {orchestrator.run_dir}: no checkpoint yet (set checkpoint.every=K to write them)")
+    orchestrator.restore(ckpt)
+    if mesh.rank == 0:
+        print(f"resuming {orchestrator.run_dir} from {ckpt.name} at layout {mesh.layout}", flush=True)
 
 
 def check_checkpoint_dir(path: str) -> None:
@@ -119,39 +156,52 @@ def cmd_generate(args) -> None:
 
 
 def cmd_score(args) -> None:
-    import torch
+    import contextlib
+
+    import torch.distributed as dist
 
     from engine.data.prompts import load_pairs, write_jsonl
     from engine.data.tokenizer import encode_prompt, encode_response, load_tokenizer
-    from engine.learner.batch import pack, response_logprobs
+    from engine.learner.batch import pack
+    from engine.learner.passes import PipelinedModel, dp_share
     from engine.model.hf_io import load_model
     from engine.parallel.mesh import Mesh
 
-    if args.pp != 1:
-        raise UserError("--pp > 1: pipeline parallelism is not part of this engine yet (tensor parallel only)")
     check_checkpoint_dir(args.model)
-    mesh = Mesh.init(tp_size=args.tp)
+    mesh = Mesh.init(tp_size=args.tp, pp_size=args.pp)
     try:
         tok = load_tokenizer(args.model)
         rows = load_pairs(args.data)
-        model = load_model(args.model, mesh).eval()
+        model = PipelinedModel(load_model(args.model, mesh).eval(), impl=None, autocast=contextlib.nullcontext)
         eos = [tok.eos_token_id] if args.append_eos else []
         seqs = [(encode_prompt(tok, p), encode_response(tok, r) + eos) for p, r in rows]
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(seqs), args.batch_size):
-                chunk = seqs[i : i + args.batch_size]
-                batch = pack([p for p, _ in chunk], [r for _, r in chunk])
-                lps = batch.split(response_logprobs(model, batch, tp_group=mesh.tp_group))
-                out.extend(lps)
+        batches = [pack([p for p, _ in seqs[i : i + args.batch_size]], [r for _, r in seqs[i : i + args.batch_size]])
+                   for i in range(0, len(seqs), args.batch_size)]
+        mine = dp_share(batches, mesh)  # each DP replica scores a contiguous share of the batches
+        out = [lp for b, lps in zip(mine, model.logprobs(mine, broadcast=True), strict=True) for lp in b.split(lps)]
+        if mesh.dp_size > 1:
+            shares: list = [None] * mesh.dp_size
+            dist.all_gather_object(shares, out, group=mesh.dp_group)
+            out = [lp for share in shares for lp in share]
         if mesh.rank == 0:
             write_jsonl(args.out, [
                 {"prompt": p, "response": r, "token_logprobs": lp.tolist(), "logprob_sum": float(lp.sum())}
                 for (p, r), lp in zip(rows, out, strict=True)
             ])  # fmt: skip
-            print(f"scored {len(rows)} responses (tp={args.tp}) -> {args.out}")
+            print(f"scored {len(rows)} responses (layout {mesh.layout}) -> {args.out}")
     finally:
         mesh.destroy()
+
+
+def cmd_bench(args) -> None:
+    """Run `launch/bench_<what>.py`'s `main` (the launch scripts are not an installed package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "launch" / f"bench_{args.what}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{args.what}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_seed)
 
+    p = sub.add_parser("rm-train", help="train the CPU demo's reward model (chat task, Bradley-Terry)")
+    p.add_argument("--out", required=True, help="directory to (re)create, in Hugging Face format")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_rm_train)
+
     p = sub.add_parser("train", help="DPO or GRPO at any sync interval s")
     p.add_argument("--config", default=None)
     p.add_argument("--run-dir", default=None, help="default: a new folder under runs/")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its newest checkpoint (any layout: overrides may set learner.tp/pp)")
     p.add_argument("overrides", nargs="*", help="dotted overrides: key.sub=value")
     p.set_defaults(fn=cmd_train)
 
@@ -196,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--append-eos", action="store_true", help="score an EOS token after each response")
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("bench", help="benchmarks: kernels (log-prob paths side by side, one GRPO step); "
+                                     "learner (tokens/s, FLOP/s vs matmul, pp=2 bubble)")
+    p.add_argument("what", choices=["kernels", "learner"])
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to launch/bench_<what>.py")
+    p.set_defaults(fn=cmd_bench)
     return ap
 
 

@@ -65,10 +65,20 @@ class GRPOConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    tp: int = Field(1, ge=1)
+    # Layout: tp x pp ranks per replica; data parallelism takes the rest of the torchrun world.
+    tp: int = Field(1, ge=1)  # tensor-parallel size
+    pp: int = Field(1, ge=1)  # pipeline stages (1F1B over micro-batches)
+    virtual_stages: int = Field(1, ge=1)  # model chunks per pipeline rank (>1: interleaved 1F1B)
     dtype: Literal["float32", "bfloat16"] = "float32"
     micro_batch_size: int = Field(32, ge=1)  # sequences per forward/backward
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all cores but one (CPU: the sampler's)
+
+    @field_validator("virtual_stages")
+    @classmethod
+    def _check_virtual_stages(cls, v: int, info) -> int:
+        if v > 1 and info.data.get("pp", 1) == 1:
+            raise ValueError("virtual_stages > 1 (interleaved 1F1B) needs learner.pp > 1")
+        return v
 
 
 class SamplerConfig(_Section):
@@ -88,6 +98,11 @@ class EvalConfig(_Section):
     max_tokens: int = Field(64, ge=1)
 
 
+class CheckpointConfig(_Section):
+    every: int = Field(0, ge=0)  # optimizer steps between training-state checkpoints; 0 = none
+    keep: int = Field(2, ge=1)  # newest checkpoints kept in RUN_DIR/checkpoints
+
+
 class RunConfig(_Section):
     objective: Literal["dpo", "grpo"] = "grpo"
     sync_every: int | Literal["offline"] = 1  # s: 1 online, >1 semi-online, offline = never
@@ -102,6 +117,28 @@ class RunConfig(_Section):
     learner: LearnerConfig = LearnerConfig()
     sampler: SamplerConfig = SamplerConfig()
     eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # Deterministic algorithms only (torch.use_deterministic_algorithms): with a fixed layout and thread
+    # count a resumed run then reproduces the metrics of an uninterrupted one.
+    deterministic: bool = False
+    # Log-prob and loss kernels (kernels/): None = auto, Triton on CUDA and the chunked torch path on
+    # CPU; "reference" is the plain full-logits path (for A/B checks).
+    kernels: Literal["triton", "torch", "reference"] | None = None
+
+    @field_validator("kernels")
+    @classmethod
+    def _check_kernels(cls, v: str | None) -> str | None:
+        if v == "triton":
+            import torch
+
+            from kernels.paths import triton_interpret
+
+            if not torch.cuda.is_available() and not triton_interpret():
+                raise ValueError(
+                    "'triton' needs a CUDA device; use 'torch' on CPU "
+                    "(or set TRITON_INTERPRET=1 to run the Triton code in its slow interpreter)"
+                )
+        return v
 
     @field_validator("sync_every")
     @classmethod

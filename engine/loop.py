@@ -8,8 +8,15 @@ the first optimizer step, and the sampler never receives new weights. This is th
 path (generation, then training); the asynchronous overlap of a later issue keeps these method
 names as its seams: `produce_rollouts`, `train_step`, `sync_weights`.
 
-Under torchrun (TP ranks), rank 0 owns the sampler and the rewards and broadcasts each rollout
-batch; every rank trains on it; weight pushes are collective (TP gather) with rank 0 sending.
+Under torchrun (any TP x PP x DP layout), rank 0 owns the sampler and the rewards and broadcasts
+each rollout batch; every DP replica trains on its share of it; weight pushes are collective (TP
+gather, PP broadcast) with rank 0 sending.
+
+Checkpoints (`checkpoint.every=K`) hold the whole training state (`engine/checkpoint.py`);
+`semionline train --resume RUN_DIR` continues from the newest one, at the same or another layout:
+
+    semionline train --config configs/demo/grpo.yaml checkpoint.every=5 deterministic=true --run-dir runs/x
+    semionline train --resume runs/x              # after a crash, kill -9 included
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from engine import checkpoint
 from engine.config import RunConfig, dump_config
 from engine.data.prompts import load_prompts
 from engine.data.tokenizer import encode_prompt, load_tokenizer
 from engine.evaluate import evaluate_math
+from engine.learner.checkpoint import load_learner_state, save_learner_state
 from engine.learner.learner import Learner
-from engine.metrics import MetricsLogger
-from engine.model.hf_io import check_checkpoint_dir
+from engine.metrics import MetricsLogger, truncate_metrics
+from engine.model.hf_io import check_checkpoint_dir, iter_hf_weights
 from engine.parallel.mesh import Mesh
 from engine.rewards.math import math_reward_batch
 from engine.rollout.build import build_groups, build_pairs
@@ -66,6 +76,13 @@ class PromptStream:
             out.append(self.order.pop())
         return out
 
+    def state(self) -> tuple[list[int], tuple]:
+        return list(self.order), self.rng.getstate()
+
+    def restore(self, order: list[int], rng_state: tuple) -> None:
+        self.order = list(order)
+        self.rng.setstate(rng_state)
+
 
 class Orchestrator:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, mesh: Mesh):
@@ -76,6 +93,8 @@ class Orchestrator:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
         torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
         if mesh.device.type == "cpu":  # vLLM's CPU worker pins itself to one core and busy-polls
             per_rank = max(1, (os.cpu_count() or 2) // mesh.world_size - (1 if self.is_driver else 0))
             torch.set_num_threads(cfg.learner.threads or per_rank)
@@ -104,6 +123,12 @@ class Orchestrator:
         every = cfg.eval.every
         self._needs_swap = cfg.offline or any(
             not cfg.sync_due(t) for t in range(1, cfg.steps + 1) if t == cfg.steps or (every and t % every == 0))
+        # Keep a copy of the sampler's weights when evals swap them out, or when a checkpoint may
+        # have to restore a stale sampler (s > 1).
+        self._remember_sampler = self._needs_swap or (cfg.checkpoint.every > 0 and not cfg.offline
+                                                      and int(cfg.sync_every) > 1)
+        self.start_step = 0  # > 0 after `restore`
+        self.accuracy: dict[int, float] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -209,7 +234,7 @@ class Orchestrator:
         return time.perf_counter() - t0, nbytes
 
     def sync_weights(self, step: int) -> dict[str, float]:
-        seconds, nbytes = self.push(remember=self._needs_swap)
+        seconds, nbytes = self.push(remember=self._remember_sampler)
         self.version = step
         return {"sync/seconds": seconds, "sync/bytes": float(nbytes), "sync/logprob_gap": self.logprob_gap(step),
                 "sync/version": float(step)}
@@ -258,30 +283,97 @@ class Orchestrator:
 
     def run(self) -> RunSummary:
         t_start = time.perf_counter()
-        if self._needs_swap:
-            self._sampler_weights = {n: t.detach().clone() for n, t in self.learner.hf_weights()}
-        gap0 = self.logprob_gap(0)
-        accuracy: dict[int, float] = {}
-        first = self.evaluate(0)
-        first["sync/logprob_gap"] = gap0
-        self.logger.log(0, first)
-        accuracy[0] = first.get("eval/accuracy", float("nan"))
-        if self.cfg.offline:
-            self.logger.log(0, {"time/offline_generate": self.prepare_offline()})
-        bar = tqdm(range(1, self.cfg.steps + 1), desc=f"{self.cfg.objective} s={self.cfg.sync_every}",
-                   disable=not self.is_driver, dynamic_ncols=True)
+        if self.start_step == 0:
+            self.start()
+        else:
+            self.resume_sampler()
+        bar = tqdm(range(self.start_step + 1, self.cfg.steps + 1), desc=f"{self.cfg.objective} s={self.cfg.sync_every}",
+                   disable=not self.is_driver, dynamic_ncols=True, initial=self.start_step, total=self.cfg.steps)
+        every = self.cfg.checkpoint.every
         for step in bar:
             metrics = self.one_step(step)
             if "eval/accuracy" in metrics:
-                accuracy[step] = metrics["eval/accuracy"]
+                self.accuracy[step] = metrics["eval/accuracy"]
             self.logger.log(step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{accuracy[max(accuracy)]:.2f}")
+            if every and step % every == 0:
+                self.save_checkpoint(step)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{self.accuracy[max(self.accuracy)]:.2f}")
         final = str(self.run_dir / "final")
         self.learner.save(final)
         self.logger.close()
         if self.sampler is not None:
             self.sampler.close()
-        return RunSummary(str(self.run_dir), self.cfg.steps, accuracy, final, time.perf_counter() - t_start)
+        return RunSummary(str(self.run_dir), self.cfg.steps, self.accuracy, final, time.perf_counter() - t_start)
+
+    def start(self) -> None:
+        """Step 0: check the sampler against the learner, evaluate the seed, make offline rollouts."""
+        if self._remember_sampler:
+            self._sampler_weights = {n: t.detach().clone() for n, t in self.learner.hf_weights()}
+        gap0 = self.logprob_gap(0)
+        first = self.evaluate(0)
+        first["sync/logprob_gap"] = gap0
+        self.logger.log(0, first)
+        self.accuracy[0] = first.get("eval/accuracy", float("nan"))
+        if self.cfg.offline:
+            self.logger.log(0, {"time/offline_generate": self.prepare_offline()})
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int) -> Path:
+        """The whole training state after optimizer step `step` (collective; atomic)."""
+        t0 = time.perf_counter()
+        tmp = checkpoint.begin(self.run_dir, step, self.mesh)
+        save_learner_state(self.learner, tmp)
+        torch_rng = checkpoint.gather_torch_rng(self.mesh)
+        if self.is_driver:
+            order, prompt_rng = self.prompts.state()
+            state = checkpoint.RunState(
+                step=step, version=self.version, prompt_order=order, prompt_rng=prompt_rng,
+                pair_rng=self.rng.getstate(), accuracy=dict(self.accuracy), pending=self._offline[step:],
+                torch_rng=torch_rng, world_size=self.mesh.world_size,
+            )  # fmt: skip
+            torch.save(state, tmp / "run_state.pt")
+            if self.version not in (0, step):  # the sampler holds weights no other file has
+                (tmp / "sampler").mkdir()
+                save_file({n: t.contiguous() for n, t in self._sampler_weights.items()}, tmp / "sampler" / "model.safetensors")
+        meta = {"layout": self.mesh.layout, "objective": self.cfg.objective, "sync_every": self.cfg.sync_every,
+                "version": self.version, "seconds": round(time.perf_counter() - t0, 3)}
+        return checkpoint.commit(self.run_dir, step, self.mesh, self.cfg.checkpoint.keep, meta)
+
+    def restore(self, ckpt_dir: Path) -> None:
+        """Load checkpoint `ckpt_dir` (any layout) before `run`: learner, data position, RNGs,
+        pending rollouts; metrics logged after it by the interrupted run are dropped."""
+        state: checkpoint.RunState = torch.load(ckpt_dir / "run_state.pt", weights_only=False)
+        load_learner_state(self.learner, ckpt_dir)
+        if self.learner.step != state.step:
+            raise RuntimeError(f"{ckpt_dir}: learner step {self.learner.step} != run step {state.step}")
+        self.start_step, self.version = state.step, state.version
+        self.prompts.restore(state.prompt_order, state.prompt_rng)
+        self.rng.setstate(state.pair_rng)
+        self.accuracy = dict(state.accuracy)
+        self._offline = [None] * state.step + list(state.pending)  # indexed by step - 1
+        checkpoint.restore_torch_rng(state, self.mesh.rank, self.cfg.seed)
+        self._resume_dir = ckpt_dir
+        if self.is_driver:
+            self.logger.close()
+            truncate_metrics(self.run_dir, state.step)
+            self.logger = MetricsLogger(self.run_dir, purge_step=state.step + 1)
+
+    def resume_sampler(self) -> None:
+        """Give the fresh sampler the weights of version `self.version` (collective), and check it
+        when they are the learner's."""
+        step, remember = self.start_step, self._remember_sampler
+        if self.version == step:
+            self.push(remember=remember)
+            gap = self.logprob_gap(step)  # the same probe the interrupted run made after this sync
+            if self.is_driver:
+                print(f"resumed at step {step}: sampler/learner log-prob gap {gap:.1e}", flush=True)
+        elif self.version == 0:  # the seed's weights: the sampler starts with them
+            if remember:
+                self._sampler_weights = {n: t.detach().clone() for n, t in iter_hf_weights(self.learner.reference)}
+        else:
+            path = self._resume_dir / "sampler" / "model.safetensors"
+            self.push(load_file(path) if self.is_driver else {}, remember=remember)
 
     def one_step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()

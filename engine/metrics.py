@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None):
+        """`purge_step`: a resumed run's first step; TensorBoard drops events from it on."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = open(self.path, "a") if enabled else None  # noqa: SIM115
@@ -18,7 +21,7 @@ class MetricsLogger:
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -42,3 +45,22 @@ class MetricsLogger:
 def read_metrics(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
+    """Drop the rows of `metrics.jsonl` after `last_step` (and a torn last line), atomically: what
+    a run killed after its checkpoint at `last_step` logged, which the resumed run logs again."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the line a kill cut short
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)

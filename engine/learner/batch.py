@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.logprob import token_logprobs_reference
+from kernels.logprob import token_logprobs
 
 
 @dataclass
@@ -62,10 +62,28 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], p
     )
 
 
-def response_logprobs(model, batch: PackedBatch, *, tp_group=None, with_entropy: bool = False):
-    """Per-token log-probs (N,) of the response tokens under `model` (+ entropy (N,))."""
-    hidden = model.hidden_states(batch.input_ids)  # (B, T, H)
+def response_logprobs(
+    model, batch: PackedBatch, *, tp_group=None, with_entropy: bool = False, impl: str | None = None
+):
+    """Per-token log-probs (N,) of the response tokens under `model` (+ entropy (N,), detached).
+
+    `impl`: the kernel path (`kernels.paths`; None = auto: Triton on CUDA, chunked torch on CPU).
+    """
+    return response_logprobs_from_hidden(model.hidden_states(batch.input_ids), model.lm_head_weight, batch,
+                                         tp_group=tp_group, with_entropy=with_entropy, impl=impl)
+
+
+def response_logprobs_from_hidden(
+    hidden: torch.Tensor,  # (B, T, H) final hidden states (after the last norm)
+    lm_head_weight: torch.Tensor,  # (V_local, H)
+    batch: PackedBatch,
+    *,
+    tp_group=None,
+    with_entropy: bool = False,
+    impl: str | None = None,
+):
+    """`response_logprobs` from hidden states already computed (the pipeline's last stage)."""
     rows = hidden[batch.rows, batch.cols]  # (N, H)
-    return token_logprobs_reference(
-        rows, model.lm_head_weight, batch.targets, tp_group=tp_group, return_entropy=with_entropy
+    return token_logprobs(
+        rows, lm_head_weight, batch.targets, tp_group=tp_group, return_entropy=with_entropy, impl=impl
     )

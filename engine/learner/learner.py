@@ -1,9 +1,12 @@
 """The learner: policy and frozen reference (both megatron-core TP models), AdamW, and one
 optimizer step per rollout batch for DPO or GRPO.
 
-Every TP rank runs the same code on the same batch (the loss is replicated; TP shards the
-weights), so metrics come out identical on all ranks. Micro-batches accumulate gradients exactly:
-losses are normalised by global counts worked out before the first micro-batch.
+Every rank receives the whole rollout batch. Each DP replica trains on its share of the pairs or
+groups (`passes.dp_share`); within a replica every TP rank runs the same code (the loss is
+replicated; TP shards the weights) and the pipeline's last stage computes the log-probs and the
+loss (`passes.PipelinedModel`). Micro-batches and DP shares accumulate gradients exactly: losses
+are normalised by global counts worked out before the first micro-batch, gradients are summed
+over DP (`engine.parallel.grads`), and metric sums are reduced to every rank.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from engine.config import RunConfig
-from engine.learner.batch import PackedBatch, pack, response_logprobs
-from engine.learner.objectives import dpo_loss, grpo_loss
+from engine.learner.batch import pack
+from engine.learner.objectives import dpo_loss, grpo_loss, token_weights
 from engine.learner.optim import build_optimizer, clip_grad_norm
+from engine.learner.passes import PipelinedModel, dp_share, reduce_sums
 from engine.model.hf_io import iter_hf_weights, load_model, save_hf
+from engine.parallel.grads import sync_gradients
 from engine.parallel.mesh import Mesh
 from engine.rollout.types import Group, PreferencePair, Rollout
+from kernels.paths import resolve_impl
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -36,10 +42,13 @@ class Learner:
     def __init__(self, cfg: RunConfig, mesh: Mesh):
         self.cfg = cfg
         self.mesh = mesh
-        self.policy = load_model(cfg.model, mesh)
-        self.reference = load_model(cfg.model, mesh)
+        self.policy = load_model(cfg.model, mesh, virtual_stages=cfg.learner.virtual_stages)
+        self.reference = load_model(cfg.model, mesh, virtual_stages=cfg.learner.virtual_stages)
         self.reference.eval().requires_grad_(False)
         self.optimizer, self.scheduler = build_optimizer(self.policy.parameters(), cfg.optim)
+        self.kernels = resolve_impl(cfg.kernels, mesh.device)  # log-prob and loss kernel path
+        self.policy_passes = PipelinedModel(self.policy, impl=self.kernels, autocast=self._autocast)
+        self.reference_passes = PipelinedModel(self.reference, impl=self.kernels, autocast=self._autocast)
         self.step = 0
 
     # -- scoring ---------------------------------------------------------------------------
@@ -49,24 +58,22 @@ class Learner:
             return torch.autocast(device_type=self.mesh.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _logprobs(self, model, batch: PackedBatch, with_entropy: bool = False):
-        with self._autocast():
-            return response_logprobs(model, batch, tp_group=self.mesh.tp_group, with_entropy=with_entropy)
-
     @torch.no_grad()
     def score(self, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], reference: bool = False) -> list[torch.Tensor]:
-        """Per-token log-probs of each (prompt_ids, response_ids) under the policy (or reference)."""
-        model = self.reference if reference else self.policy
-        out: list[torch.Tensor] = []
-        for chunk in _chunks(list(seqs), self.cfg.learner.micro_batch_size):
-            batch = pack([p for p, _ in chunk], [r for _, r in chunk])
-            out.extend(batch.split(self._logprobs(model, batch)))
-        return out
+        """Per-token log-probs of each (prompt_ids, response_ids) under the policy (or reference),
+        on every rank (collective over the mesh's TP and PP groups; each DP replica scores all)."""
+        passes = self.reference_passes if reference else self.policy_passes
+        batches = [pack([p for p, _ in chunk], [r for _, r in chunk])
+                   for chunk in _chunks(list(seqs), self.cfg.learner.micro_batch_size)]
+        logprobs = passes.logprobs(batches, broadcast=True)
+        return [lp for batch, lps in zip(batches, logprobs, strict=True) for lp in batch.split(lps)]
 
     # -- optimizer steps -------------------------------------------------------------------
 
     def _finish_step(self) -> dict[str, float]:
-        grad_norm = clip_grad_norm(self.policy.parameters(), self.cfg.optim.grad_clip, self.mesh.tp_group)
+        sync_gradients(self.policy)
+        grad_norm = clip_grad_norm(self.policy.parameters(), self.cfg.optim.grad_clip, self.mesh.tp_group,
+                                   self.mesh.pp_group)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -92,20 +99,19 @@ class Learner:
         pairs_per_micro = max(1, self.cfg.learner.micro_batch_size // 2)
         total = len(pairs)
         sums = dict(loss=0.0, chosen=0.0, rejected=0.0, margin=0.0, acc=0.0, kl=0.0, ent=0.0, tokens=0)
-        for chunk in _chunks(list(pairs), pairs_per_micro):
-            seqs = [p.chosen for p in chunk] + [p.rejected for p in chunk]
-            batch = pack([r.prompt_ids for r in seqs], [r.response_ids for r in seqs])
-            with torch.no_grad():
-                ref_tok = self._logprobs(self.reference, batch)
-            pol_tok, entropy = self._logprobs(self.policy, batch, with_entropy=True)
+        chunks = list(_chunks(list(dp_share(pairs, self.mesh)), pairs_per_micro))
+        batches = [pack([r.prompt_ids for r in seqs], [r.response_ids for r in seqs])
+                   for seqs in ([p.chosen for p in chunk] + [p.rejected for p in chunk] for chunk in chunks)]
+        ref = self.reference_passes.logprobs(batches)
+
+        def micro_loss(i: int, pol_tok: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:  # last stage
+            batch, ref_tok, n = batches[i], ref[i], len(chunks[i])
             pol_seq, ref_seq = batch.seq_sum(pol_tok), batch.seq_sum(ref_tok)
-            n = len(chunk)
             terms = dpo_loss(
                 pol_seq[:n], pol_seq[n:], ref_seq[:n], ref_seq[n:], beta=c.beta,
                 chosen_lengths=batch.lengths[:n], rejected_lengths=batch.lengths[n:],
-                length_normalize=c.length_normalize, nll_weight=c.nll_weight,
+                length_normalize=c.length_normalize, nll_weight=c.nll_weight, impl=self.kernels,
             )  # fmt: skip
-            (terms.loss.sum() / total).backward()
             sums["loss"] += float(terms.loss.detach().sum())
             sums["chosen"] += float(pol_seq[:n].detach().sum())
             sums["rejected"] += float(pol_seq[n:].detach().sum())
@@ -114,6 +120,10 @@ class Learner:
             sums["kl"] += float(_k3(ref_tok, pol_tok.detach()).sum())
             sums["ent"] += float(entropy.sum())
             sums["tokens"] += int(batch.targets.numel())
+            return terms.loss.sum() / total
+
+        self.policy_passes.train(batches, micro_loss)
+        sums = reduce_sums(sums, self.mesh)
         tokens = max(sums["tokens"], 1)
         metrics = {
             "train/loss": sums["loss"] / total,
@@ -137,30 +147,30 @@ class Learner:
         if not items:
             return self._skip_step({"train/sequences": 0.0})
         total_tokens = sum(len(r.response_ids) for r, _ in items)
+        chunks = list(_chunks(list(dp_share(items, self.mesh)), self.cfg.learner.micro_batch_size))
+        batches = [pack([r.prompt_ids for r, _ in chunk], [r.response_ids for r, _ in chunk]) for chunk in chunks]
         old_learner = None
         if c.tis_cap is not None:  # ratio against the pre-update learner, TIS weight vs sampler
-            old_learner = self.score([(r.prompt_ids, r.response_ids) for r, _ in items])
+            old_learner = self.policy_passes.logprobs(batches)
+        ref_tok = self.reference_passes.logprobs(batches)
         sums = dict(loss=0.0, clipped=0.0, kl=0.0, ent=0.0, ratio=0.0, tis=0.0)
-        offset = 0
-        for chunk in _chunks(items, self.cfg.learner.micro_batch_size):
-            batch = pack([r.prompt_ids for r, _ in chunk], [r.response_ids for r, _ in chunk])
+
+        def micro_loss(i: int, pol: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:  # last stage
+            chunk, batch, ref = chunks[i], batches[i], ref_tok[i]
             behaviour = torch.tensor([lp for r, _ in chunk for lp in r.behaviour_logprobs], dtype=torch.float32)
             adv = torch.repeat_interleave(torch.tensor([a for _, a in chunk], dtype=torch.float32), batch.lengths)
-            if c.reduction == "token":
-                weight = torch.full_like(adv, 1.0 / total_tokens)
-            else:
-                weight = torch.repeat_interleave(1.0 / (batch.lengths.float() * len(items)), batch.lengths)
+            weight = token_weights(
+                batch.lengths, reduction=c.reduction, total_tokens=total_tokens, total_sequences=len(items)
+            )
             tis = None
             old = behaviour
             if old_learner is not None:
-                old = torch.cat(old_learner[offset : offset + len(chunk)])
+                old = old_learner[i]
                 tis = (old - behaviour).exp().clamp(max=c.tis_cap)
-            offset += len(chunk)
-            with torch.no_grad():
-                ref = self._logprobs(self.reference, batch)
-            pol, entropy = self._logprobs(self.policy, batch, with_entropy=True)
-            terms = grpo_loss(pol, old, ref, adv, weight, clip_eps=c.clip_eps, kl_coef=c.kl_coef, tis_weight=tis)
-            terms.loss.backward()
+            terms = grpo_loss(
+                pol, old, ref, adv, weight, clip_eps=c.clip_eps, kl_coef=c.kl_coef, tis_weight=tis,
+                impl=self.kernels,
+            )  # fmt: skip
             sums["loss"] += float(terms.loss.detach())
             sums["clipped"] += float(terms.clipped.float().sum())
             sums["kl"] += float(terms.kl.sum())
@@ -168,6 +178,10 @@ class Learner:
             sums["ratio"] += float(terms.ratio.sum())
             if tis is not None:
                 sums["tis"] += float(tis.sum())
+            return terms.loss
+
+        self.policy_passes.train(batches, micro_loss)
+        sums = reduce_sums(sums, self.mesh)
         metrics = {
             "train/loss": sums["loss"],
             "train/sequences": float(len(items)),
@@ -185,7 +199,8 @@ class Learner:
     # -- weights out -----------------------------------------------------------------------
 
     def hf_weights(self):
-        """Full HF-named tensors, one at a time (collective over TP): the weight-push seam."""
+        """Full HF-named tensors, one at a time, on every rank (collective over TP and PP): the
+        weight-push seam."""
         return iter_hf_weights(self.policy)
 
     def save(self, out_dir: str, tokenizer_dir: str | None = None) -> None:

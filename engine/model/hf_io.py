@@ -1,25 +1,13 @@
-"""Hugging Face checkpoints <-> tensor-parallel `CausalLM` shards.
+"""Hugging Face checkpoints <-> tensor- and pipeline-parallel `CausalLM` shards, at any (tp, pp).
 
-    model = load_model("ckpt/", mesh)                 # each rank reads only its shard
-    for name, full in iter_hf_weights(model): ...     # HF names, TP-gathered (collective)
+    model = load_model("ckpt/", mesh)                 # each rank reads only its shard of its stages
+    for name, full in iter_hf_weights(model): ...     # HF names, TP-gathered + PP-broadcast (collective)
     save_hf(model, "out/", tokenizer_dir="ckpt/")     # config.json + model.safetensors, atomic
 
-`weight_specs` is the one table mapping HF tensor names to local (megatron) parameters and their
-packing; loading, saving and weight streaming to the sampler all go through it. Per decoder
-layer i (local names under `layers.{i}.`, HF names under `model.layers.{i}.`):
-
-    HF name                         local param          TP split (HF dim)  packing in local dim 0
-    self_attn.{q,k,v}_proj.weight   attn.qkv.weight      0                  [q_r; k_r; v_r]
-    self_attn.{q,k,v}_proj.bias     attn.qkv.bias        0                  [q_r; k_r; v_r]
-    self_attn.o_proj.weight         attn.out.weight      1
-    mlp.{gate,up}_proj.weight       mlp.gate_up.weight   0                  [gate_r; up_r]
-    mlp.down_proj.weight            mlp.down.weight      1
-    input_layernorm.weight          attn_norm.weight     replicated
-    post_attention_layernorm.weight mlp_norm.weight      replicated
-
-plus `model.embed_tokens.weight` -> `embed.weight` (0), `model.norm.weight` -> `norm.weight`
-(replicated), `lm_head.weight` -> `lm_head.weight` (0; absent when embeddings are tied).
-`x_r` is rank r's contiguous 1/tp slice of x along the TP dim.
+`specs.weight_specs` is the one table mapping HF tensor names to local (megatron) parameters and
+their packing (see `engine/model/specs.py`); loading, saving, the training-state checkpoint and
+weight streaming to the sampler all go through it. Loading reads `safe_open(...).get_slice`
+slices, so a rank never reads another rank's shard: resharding to any layout is just loading.
 """
 
 from __future__ import annotations
@@ -28,9 +16,8 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,10 +26,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.model.config import ModelConfig
-from engine.model.llama import CausalLM
+from engine.model.llama import CausalLM, stage_layers
+from engine.model.specs import WeightSpec, local_targets, read_shard, weight_specs
 from engine.parallel.mesh import Mesh
 
+__all__ = ["CheckpointError", "WeightSpec", "check_checkpoint_dir", "gather_hf", "iter_hf_weights", "load_model",
+           "load_shards", "hf_config_dict", "save_hf", "tensor_files", "tokenizer_files", "weight_specs",
+           "TOKENIZER_FILES"]
+
 _INDEX_FILE = "model.safetensors.index.json"
+
+
 class CheckpointError(ValueError):
     """A model directory that cannot be loaded: the message names the directory and what is wrong."""
 
@@ -60,77 +54,10 @@ def check_checkpoint_dir(model_dir: str | Path) -> Path:
     return path
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                     "generation_config.json")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-# (HF suffix, local suffix, TP dim of the HF tensor or None when replicated); packed entries of one
-# local parameter are listed in their packing order.
-_LAYER_TABLE: tuple[tuple[str, str, int | None], ...] = (
-    ("self_attn.q_proj.weight", "attn.qkv.weight", 0),
-    ("self_attn.k_proj.weight", "attn.qkv.weight", 0),
-    ("self_attn.v_proj.weight", "attn.qkv.weight", 0),
-    ("self_attn.q_proj.bias", "attn.qkv.bias", 0),
-    ("self_attn.k_proj.bias", "attn.qkv.bias", 0),
-    ("self_attn.v_proj.bias", "attn.qkv.bias", 0),
-    ("self_attn.o_proj.weight", "attn.out.weight", 1),
-    ("mlp.gate_proj.weight", "mlp.gate_up.weight", 0),
-    ("mlp.up_proj.weight", "mlp.gate_up.weight", 0),
-    ("mlp.down_proj.weight", "mlp.down.weight", 1),
-    ("input_layernorm.weight", "attn_norm.weight", None),
-    ("post_attention_layernorm.weight", "mlp_norm.weight", None),
-)
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One HF tensor and where this rank's shard of it lives."""
-
-    hf_name: str
-    local_name: str
-    hf_shape: tuple[int, ...]  # the full (unsharded) HF shape
-    tp_dim: int | None  # HF dim split over TP ranks; None: replicated
-    local_rows: tuple[int, int] | None  # [start, stop) in the packed local param's dim 0; None: all of it
-
-
-def _hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    h, q, kv = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    return {
-        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-        "self_attn.o_proj.weight": (h, q),
-        "mlp.gate_proj.weight": (cfg.intermediate_size, h), "mlp.up_proj.weight": (cfg.intermediate_size, h),
-        "mlp.down_proj.weight": (h, cfg.intermediate_size),
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-    }
-
-
-def weight_specs(cfg: ModelConfig, tp_size: int) -> list[WeightSpec]:
-    """Every HF tensor of `cfg`, in checkpoint order, with its local parameter and packing."""
-    shapes = _hf_shapes(cfg)
-    layer_rows: list[tuple[str, str, tuple[int, ...], int | None, tuple[int, int] | None]] = []
-    packed_offset: dict[str, int] = {}
-    packed = {local for _, local, _ in _LAYER_TABLE if sum(row[1] == local for row in _LAYER_TABLE) > 1}
-    for hf, local, tp_dim in _LAYER_TABLE:
-        if hf.endswith(".bias") and not cfg.attention_bias:
-            continue
-        rows = None
-        if local in packed:
-            start = packed_offset.get(local, 0)
-            rows = (start, start + shapes[hf][0] // tp_size)
-            packed_offset[local] = rows[1]
-        layer_rows.append((hf, local, shapes[hf], tp_dim, rows))
-
-    v, h = cfg.vocab_size, cfg.hidden_size
-    specs = [WeightSpec("model.embed_tokens.weight", "embed.weight", (v, h), 0, None)]
-    for i in range(cfg.num_layers):
-        specs += [WeightSpec(f"model.layers.{i}.{hf}", f"layers.{i}.{local}", shape, tp_dim, rows)
-                  for hf, local, shape, tp_dim, rows in layer_rows]
-    specs.append(WeightSpec("model.norm.weight", "norm.weight", (h,), None, None))
-    if not cfg.tie_word_embeddings:
-        specs.append(WeightSpec("lm_head.weight", "lm_head.weight", (v, h), 0, None))
-    return specs
 
 
 def _ignorable(name: str, cfg: ModelConfig) -> bool:
@@ -138,9 +65,9 @@ def _ignorable(name: str, cfg: ModelConfig) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and name == "lm_head.weight")
 
 
-def _tensor_files(model_dir: Path) -> dict[str, Path]:
+def tensor_files(model_dir: Path, index_name: str = _INDEX_FILE) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it (single file or sharded with an index)."""
-    index_path = model_dir / _INDEX_FILE
+    index_path = model_dir / index_name
     if index_path.exists():
         weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
         files = {name: model_dir / file for name, file in weight_map.items()}
@@ -163,12 +90,8 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
     return files
 
 
-def load_model(model_dir: str | os.PathLike, mesh: Mesh, params_dtype: torch.dtype = torch.float32) -> CausalLM:
-    """Build a `CausalLM` from a HF checkpoint directory; each rank reads only its own shard.
-
-    Collective only in that every rank of `mesh.tp_group` must call it (no communication).
-    """
-    model_dir = Path(model_dir)
+def read_model_config(model_dir: Path, mesh: Mesh) -> ModelConfig:
+    """`config.json` of a checkpoint folder, checked against the mesh's TP size."""
     if not model_dir.is_dir():
         raise FileNotFoundError(f"load_model: model directory {model_dir} does not exist")
     config_path = model_dir / "config.json"
@@ -179,45 +102,62 @@ def load_model(model_dir: str | os.PathLike, mesh: Mesh, params_dtype: torch.dty
         cfg.check_tensor_parallel(mesh.tp_size)
     except ValueError as e:
         raise CheckpointError(f"load_model: {config_path}: {e}") from e
+    return cfg
 
-    files = _tensor_files(model_dir)
+
+def load_model(model_dir: str | os.PathLike, mesh: Mesh, params_dtype: torch.dtype = torch.float32, *,
+               virtual_stages: int = 1) -> CausalLM:
+    """Build a `CausalLM` from a HF checkpoint directory at any (tp, pp): each rank reads only the
+    slices of its own stages' tensors (`safe_open(...).get_slice`). No communication; every rank
+    of the mesh calls it."""
+    model_dir = Path(model_dir)
+    cfg = read_model_config(model_dir, mesh)
+    files = tensor_files(model_dir)
     specs = weight_specs(cfg, mesh.tp_size)
     expected = {s.hf_name for s in specs}
     missing = sorted(expected - files.keys())
     unexpected = sorted(n for n in files.keys() - expected if not _ignorable(n, cfg))
     if missing or unexpected:
         raise CheckpointError(f"load_model: tensors in {model_dir} do not match its config.json ({cfg.model_type}, "
-                         f"{cfg.num_layers} layers, tie_word_embeddings={cfg.tie_word_embeddings}): "
-                         f"missing {_preview(missing)}, unexpected {_preview(unexpected)}")
-
-    model = CausalLM(cfg, mesh, params_dtype, init_weights=False)
-    params = dict(model.named_parameters())
-    filled = {name: 0 for name in params}
-    with ExitStack() as stack, torch.no_grad():
-        handles = {p: stack.enter_context(safe_open(p, framework="pt")) for p in sorted(set(files.values()))}
-        for spec in specs:
-            tensor = handles[files[spec.hf_name]].get_slice(spec.hf_name)
-            shape = tuple(tensor.get_shape())
-            if shape != spec.hf_shape:
-                raise CheckpointError(f"load_model: {files[spec.hf_name]}: tensor {spec.hf_name!r} has shape {shape}, "
-                                 f"config.json implies {spec.hf_shape}")
-            shard = _read_shard(tensor, spec, mesh)
-            target = params[spec.local_name]
-            rows = slice(*spec.local_rows) if spec.local_rows else slice(None)
-            target[rows].copy_(shard)
-            filled[spec.local_name] += shard.numel()
-    unfilled = [name for name, p in params.items() if filled[name] != p.numel()]
-    assert not unfilled, f"weight_specs does not cover local parameters {unfilled}"
+                              f"{cfg.num_layers} layers, tie_word_embeddings={cfg.tie_word_embeddings}): "
+                              f"missing {_preview(missing)}, unexpected {_preview(unexpected)}")
+    try:
+        stage_layers(cfg.num_layers, mesh.pp_size, virtual_stages)
+    except ValueError as e:
+        raise CheckpointError(f"load_model: {model_dir}: {e}") from e
+    model = CausalLM(cfg, mesh, params_dtype, init_weights=False, virtual_stages=virtual_stages)
+    load_shards(model, dict(model.named_parameters()), files)
     return model
 
 
-def _read_shard(tensor, spec: WeightSpec, mesh: Mesh) -> torch.Tensor:
-    """Read rank `mesh.tp_rank`'s contiguous slice of a safetensors slice along `spec.tp_dim`."""
-    if spec.tp_dim is None:
-        return tensor[:]
-    size = spec.hf_shape[spec.tp_dim] // mesh.tp_size
-    part = slice(mesh.tp_rank * size, (mesh.tp_rank + 1) * size)
-    return tensor[part] if spec.tp_dim == 0 else tensor[:, part]
+def load_shards(model: CausalLM, dest: dict[str, torch.Tensor], files: dict[str, Path],
+                key: Callable[[str], str] = lambda hf_name: hf_name) -> None:
+    """Fill `dest` (local parameter name -> tensor shaped like that parameter: the parameters, or
+    optimizer moments) with this rank's shards of the tensors `key(hf_name)` found in `files`
+    (tensor name -> safetensors file). Every element of every `dest` tensor must be covered."""
+    mesh = model.mesh
+    specs = weight_specs(model.cfg, mesh.tp_size)
+    filled = {name: 0 for name in dest}
+    with ExitStack() as stack, torch.no_grad():
+        handles: dict[Path, object] = {}
+        for t in local_targets(specs, dest, model.has_tied_copy):
+            spec, name = t.spec, key(t.spec.hf_name)
+            if name not in files:
+                raise CheckpointError(f"load: tensor {name!r} is missing")
+            path = files[name]
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(path, framework="pt"))
+            tensor = handles[path].get_slice(name)
+            shape = tuple(tensor.get_shape())
+            if shape != spec.hf_shape:
+                raise CheckpointError(f"load_model: {path}: tensor {name!r} has shape {shape}, "
+                                      f"config.json implies {spec.hf_shape}")
+            shard = read_shard(tensor, spec, mesh.tp_rank, mesh.tp_size)
+            rows = slice(*spec.local_rows) if spec.local_rows else slice(None)
+            dest[t.param_name][rows].copy_(shard)
+            filled[t.param_name] += shard.numel()
+    unfilled = [name for name, p in dest.items() if filled[name] != p.numel()]
+    assert not unfilled, f"weight_specs does not cover local parameters {unfilled}"
 
 
 def _preview(names: list[str], limit: int = 6) -> str:
@@ -230,55 +170,77 @@ def _preview(names: list[str], limit: int = 6) -> str:
 def iter_hf_weights(model: CausalLM) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) one parameter at a time, in checkpoint order.
 
-    Collective: every rank of the model's TP group must iterate to the end, in step; every rank
-    receives the full tensor. Tensors keep the parameters' dtype and device; they may share
-    storage with the parameters (copy them to keep them past the next optimizer step).
+    Collective: every rank of the model's TP and PP groups must iterate to the end, in step; every
+    rank receives the full tensor (gathered over TP by its stage, then broadcast over PP). Tensors
+    keep the parameters' dtype and device; they may share storage with the parameters (copy them
+    to keep them past the next optimizer step).
     """
+    yield from gather_hf(model, dict(model.named_parameters()), pp_broadcast=True)
+
+
+def gather_hf(model: CausalLM, local: dict[str, torch.Tensor], *,
+              pp_broadcast: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, full tensor) of `local` (local parameter name -> tensor shaped like that
+    parameter). TP-gathered; with `pp_broadcast` every stage receives every tensor (collective
+    over TP and PP), otherwise each stage yields only the tensors it owns (collective over TP)."""
     mesh = model.mesh
-    params = dict(model.named_parameters())
+    dtype = next(iter(local.values())).dtype
     for spec in weight_specs(model.cfg, mesh.tp_size):
-        local = params[spec.local_name].detach()
-        if spec.local_rows is not None:
-            local = local[slice(*spec.local_rows)]
-        if spec.tp_dim is None or mesh.tp_size == 1:
-            yield spec.hf_name, local
+        owner = model.pp_rank_of(spec.local_name)
+        full = None
+        if owner == mesh.pp_rank:
+            shard = local[spec.local_name].detach()
+            if spec.local_rows is not None:
+                shard = shard[slice(*spec.local_rows)]
+            full = shard
+            if spec.tp_dim is not None and mesh.tp_size > 1:
+                parts = [torch.empty_like(shard) for _ in range(mesh.tp_size)]
+                dist.all_gather(parts, shard.contiguous(), group=mesh.tp_group)
+                full = torch.cat(parts, dim=spec.tp_dim)
+        elif not pp_broadcast:
             continue
-        parts = [torch.empty_like(local) for _ in range(mesh.tp_size)]
-        dist.all_gather(parts, local.contiguous(), group=mesh.tp_group)
-        yield spec.hf_name, torch.cat(parts, dim=spec.tp_dim)
+        if pp_broadcast and mesh.pp_size > 1:
+            if full is None:
+                full = torch.empty(spec.hf_shape, dtype=dtype, device=mesh.device)
+            full = full.contiguous()
+            dist.broadcast(full, src=mesh.pp_peer(owner), group=mesh.pp_group)
+        yield spec.hf_name, full
 
 
 def save_hf(model: CausalLM, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> None:
     """Write `config.json` + `model.safetensors` (+ tokenizer files) to `out_dir`, atomically.
 
-    Collective over the TP group (all ranks gather); only TP rank 0 of DP replica 0 writes. The
+    Collective over the mesh (TP gather, PP broadcast); only rank 0 (tp 0, dp 0, pp 0) writes. The
     files go into a temporary sibling directory that is then renamed onto `out_dir` (an existing
     `out_dir` is moved aside first and removed after), so readers never see a partial checkpoint.
     """
     out_dir = Path(out_dir)
     mesh = model.mesh
-    tokenizer_files = _tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else []
-    writer = mesh.tp_rank == 0 and mesh.dp_rank == 0
+    tok_files = tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else []
+    writer = mesh.rank == 0
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in iter_hf_weights(model):
         if writer:
             tensors[name] = tensor.to("cpu", copy=True).contiguous()
     if writer:
-        dtype = _DTYPE_NAMES[model.lm_head_weight.dtype]
-        cfg = dataclasses.replace(model.cfg, dtype=dtype)
-        _write_atomically(out_dir, cfg, tensors, tokenizer_files)
-    dist.barrier(group=mesh.tp_group)
+        _write_atomically(out_dir, hf_config_dict(model), tensors, tok_files)
+    mesh.barrier()
 
 
-def _tokenizer_files(tokenizer_dir: Path) -> list[Path]:
-    found = [tokenizer_dir / name for name in _TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
+def tokenizer_files(tokenizer_dir: Path) -> list[Path]:
+    found = [tokenizer_dir / name for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()]
     if not found:
-        raise FileNotFoundError(f"save_hf: tokenizer_dir {tokenizer_dir} holds none of {list(_TOKENIZER_FILES)}")
+        raise FileNotFoundError(f"save_hf: tokenizer_dir {tokenizer_dir} holds none of {list(TOKENIZER_FILES)}")
     return found
 
 
-def _write_atomically(out_dir: Path, cfg: ModelConfig, tensors: dict[str, torch.Tensor],
-                      tokenizer_files: list[Path]) -> None:
+def hf_config_dict(model: CausalLM) -> dict:
+    """The `config.json` of `model`, with the dtype its parameters have."""
+    return dataclasses.replace(model.cfg, dtype=_DTYPE_NAMES[next(model.parameters()).dtype]).to_hf_dict()
+
+
+def _write_atomically(out_dir: Path, config: dict, tensors: dict[str, torch.Tensor],
+                      tok_files: list[Path]) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -287,8 +249,8 @@ def _write_atomically(out_dir: Path, cfg: ModelConfig, tensors: dict[str, torch.
             shutil.rmtree(stale)
     tmp.mkdir()
     save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
-    for path in tokenizer_files:
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for path in tok_files:
         shutil.copy2(path, tmp / path.name)
     if out_dir.exists():
         os.replace(out_dir, old)

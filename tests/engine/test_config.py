@@ -54,3 +54,17 @@ def test_resolved_config_round_trips(tmp_path):
 def test_demo_configs_load():
     for name in ["configs/demo/dpo.yaml", "configs/demo/grpo.yaml"]:
         load_config(name)
+
+
+def test_kernels_key(monkeypatch):
+    assert load_config(None, ["kernels=torch"]).kernels == "torch" and load_config(None).kernels is None
+    with pytest.raises(ConfigError, match="kernels"):
+        load_config(None, ["kernels=cuda"])
+    import torch
+
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        with pytest.raises(ConfigError, match="config key 'kernels'.*'triton' needs a CUDA device"):
+            load_config(None, ["kernels=triton"])
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert load_config(None, ["kernels=triton"]).kernels == "triton"
