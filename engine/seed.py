@@ -48,6 +48,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from engine.data.chat import chat_prompts, heldout_size, note_quality, sample_response
 from engine.data.prompts import PromptRow, write_jsonl
 from engine.data.synthetic import Difficulty, heldout_prompts, rl_prompts, sft_problems
 from engine.data.tokenizer import (
@@ -123,8 +124,10 @@ class SeedReport:
     heldout_prompts: int
     rl_prompts: int
     max_response_tokens: int  # longest SFT response + EOS: a safe sampler max_tokens is this or more
-    mix_steps: int  # second warm-up phase, where `direct_fraction` of the responses are bare answers
+    mix_steps: int  # second warm-up phase: math with `direct_fraction` bare answers, and chat notes
     direct_fraction: float
+    chat_fraction: float  # of the warm-up examples (both phases) that are chat notes
+    chat_heldout_quality: float  # greedy notes on the held-out chat prompts, by the hidden rule (-4..6)
     train_seconds: float
     eval_seconds: float
     seconds: float  # the whole build
@@ -297,7 +300,8 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
                precision: str = "auto", curriculum: float = 0.3, n_rl_prompts: int = 4000, n_heldout: int = 200,
                difficulty: Difficulty = Difficulty(), model_config: SeedModelConfig = SeedModelConfig(),
                num_threads: int | None = None, mix_steps: int = 150, direct_fraction: float = 0.5,
-               mix_lr: float = 3e-4, progress: bool = True) -> SeedReport:
+               mix_lr: float = 3e-4, chat_fraction: float = 0.0, n_chat_prompts: int = 2000,
+               progress: bool = True) -> SeedReport:
     """Build the seed model directory (see the module docstring); returns what was measured."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -312,8 +316,16 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
     try:
         save_tokenizer(tmp)
         tokenizer = load_tokenizer(tmp)  # train on exactly what vLLM will load
-        problems = sft_problems(steps * batch_size, seed=seed, difficulty=difficulty)
-        examples = [encode_example(tokenizer, p.prompt, p.solution) for p in problems]
+        # Both phases: a `chat_fraction` of the examples are chat notes (engine/data/chat.py); 0 in
+        # the math demo's seed. With 1/6 (720 + 180 steps) the 3M-parameter model learned neither task
+        # well: notes came out garbled and worked-solution accuracy fell from 36% to 17%.
+        n_notes1 = round(steps * batch_size * chat_fraction)
+        n_notes2 = round(mix_steps * batch_size * chat_fraction)
+        problems = sft_problems(steps * batch_size - n_notes1, seed=seed, difficulty=difficulty)
+        note_rng = random.Random(f"semionline-seed-chat:{seed}")
+        note_rows = chat_prompts(n_notes1 + n_notes2, split="sft", seed=seed)
+        notes = [encode_example(tokenizer, r.prompt, sample_response(r, note_rng)) for r in note_rows]
+        examples = [encode_example(tokenizer, p.prompt, p.solution) for p in problems] + notes[:n_notes1]
         train_rows = rl_prompts(n_rl_prompts, seed=seed, difficulty=difficulty)
         heldout_rows = heldout_prompts(n_heldout, seed=seed, difficulty=difficulty)
 
@@ -321,9 +333,11 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
         t0 = time.perf_counter()
         losses = train_sft(model, examples, sft_cfg, seed=seed, progress=progress)
         if mix_steps:
-            extra = sft_problems((steps + mix_steps) * batch_size, seed=seed, difficulty=difficulty)[len(problems):]
+            n_math = mix_steps * batch_size - n_notes2
+            extra = sft_problems(len(problems) + n_math, seed=seed, difficulty=difficulty)[len(problems):]
             responses = mixed_responses(extra, direct_fraction, seed=seed)
             mixed = [encode_example(tokenizer, p.prompt, r) for p, r in zip(extra, responses, strict=True)]
+            mixed += notes[n_notes1:]
             mix_cfg = SFTConfig(steps=mix_steps, batch_size=batch_size, lr=mix_lr, precision=precision, curriculum=0.0,
                                 warmup_steps=1)
             losses += train_sft(model, mixed, mix_cfg, seed=seed + 1, progress=progress)
@@ -337,12 +351,17 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
         accuracy = sum(answer_is_correct(t, r.answer) for t, r in zip(responses, heldout_rows, strict=True))
         accuracy /= n_heldout_rows
         worked = sum(shows_work(t) for t in responses) / n_heldout_rows
+        chat_heldout = chat_prompts(heldout_size(), split="heldout", seed=seed)
+        notes = greedy_responses(model, tokenizer, [r.prompt for r in chat_heldout], max_new_tokens=80)
+        chat_quality = sum(note_quality(r, t) for r, t in zip(chat_heldout, notes, strict=True)) / len(chat_heldout)
         eval_seconds = time.perf_counter() - t0
 
         model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
         model.save_pretrained(tmp)  # model.safetensors + config.json
         for name, rows in (("train", train_rows), ("heldout", heldout_rows)):
             write_jsonl(tmp / "data" / f"{name}.jsonl", [PromptRow(prompt=r.prompt, answer=r.answer) for r in rows])
+        write_jsonl(tmp / "data" / "chat_train.jsonl", chat_prompts(n_chat_prompts, split="rl", seed=seed))
+        write_jsonl(tmp / "data" / "chat_heldout.jsonl", chat_heldout)
 
         report = SeedReport(
             out_dir=str(out_dir), seed=seed, params=sum(p.numel() for p in model.parameters()), steps=steps,
@@ -350,6 +369,7 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
             num_threads=threads, final_loss=sum(losses[-10:]) / max(1, len(losses[-10:])),
             heldout_accuracy=accuracy, heldout_worked_fraction=worked, heldout_prompts=len(heldout_rows), rl_prompts=len(train_rows),
             max_response_tokens=max_response_tokens, mix_steps=mix_steps, direct_fraction=direct_fraction,
+            chat_fraction=chat_fraction, chat_heldout_quality=chat_quality,
             train_seconds=round(train_seconds, 2),
             eval_seconds=round(eval_seconds, 2), seconds=0.0, model=asdict(model_config),
             difficulty=asdict(difficulty),
