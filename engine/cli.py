@@ -11,6 +11,7 @@
     torchrun --nproc-per-node 4 -m engine.cli score --model DIR --data FILE --out FILE --tp 2 --pp 2
     semionline bench kernels [--help for its options]
     semionline bench learner [--help for its options]
+    semionline bench e2e [--help for its options]
 
 Errors the user can fix (bad config key, broken data row, missing model files) print one line
 and exit with status 2; anything else propagates with its traceback.
@@ -62,7 +63,7 @@ def cmd_rm_train(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from engine.config import load_config
+    from engine.config import check_paths, load_config
     from engine.loop import Orchestrator
     from engine.parallel.mesh import Mesh
 
@@ -74,6 +75,7 @@ def cmd_train(args) -> None:
         cfg = load_config(Path(args.resume) / "config.yaml", args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
+    check_paths(cfg)
     mesh = Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp)
     try:
         run_dir = args.resume or args.run_dir or _default_run_dir(cfg)
@@ -256,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("bench", help="benchmarks: kernels (log-prob paths side by side, one GRPO step); "
-                                     "learner (tokens/s, FLOP/s vs matmul, pp=2 bubble)")
-    p.add_argument("what", choices=["kernels", "learner"])
+                                     "learner (tokens/s, FLOP/s vs matmul, pp=2 bubble); "
+                                     "e2e (overlap off vs on per step, weight sync, timeline PNG)")
+    p.add_argument("what", choices=["kernels", "learner", "e2e"])
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to launch/bench_<what>.py")
     p.set_defaults(fn=cmd_bench)
     return ap

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,8 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     train: str = ".cache/seed/data/train.jsonl"  # prompt rows {"prompt", "answer"}
     eval: str = ".cache/seed/data/heldout.jsonl"
+    prompt_template: str = "{prompt}"  # applied to each row's prompt text
+    chat_template: bool = False  # render the prompt with the tokenizer's chat template (instruct models)
 
 
 class RolloutConfig(_Section):
@@ -85,6 +87,15 @@ class SamplerConfig(_Section):
     kv_cache_gib: float = Field(1.0, gt=0.0)
     max_model_len: int = Field(512, ge=16)
     separate_process: bool = True  # vLLM engine core in its own process (CPU overlap)
+    # Weight-push bucket (whole layers, closed at the first layer boundary past this size; 0 = one
+    # layer per bucket): a sync holds about one bucket plus one layer (engine/sync/buckets.py).
+    bucket_mib: float = Field(64.0, ge=0.0)
+    # auto: shared-memory files (separate process) or in-process; cuda_ipc: colocated GPU engine
+    # (GPU only, untested on CPU machines; engine/sampler/gpu_transport.py)
+    transport: Literal["auto", "cuda_ipc"] = "auto"
+    # resident: the engine keeps its memory (fraction) and can generate while the learner trains;
+    # time_sliced: it sleeps while the learner trains (GPU only: vLLM sleep mode; not with overlap)
+    placement: Literal["resident", "time_sliced"] = "resident"
     max_logprob_gap: float = Field(1e-3, gt=0.0)  # stop the run above this after a sync
     gap_probe_prompts: int = Field(8, ge=1)
 
@@ -98,6 +109,42 @@ class EvalConfig(_Section):
     max_tokens: int = Field(64, ge=1)
 
 
+class JudgeSection(_Section):
+    """An OpenAI-compatible judge endpoint (engine/rewards/judge.py)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(3, ge=0)
+    max_tokens: int = Field(512, ge=1)
+
+
+class TaskConfig(_Section):
+    """One task of a multi-task run: its prompts, its reward, and how it is trained.
+
+    The step's loss is the weighted sum over tasks of each task's own loss (DPO: mean over its
+    pairs; GRPO: its token- or sequence-level mean), with weights `weight / sum(weights)`; each
+    task also gets `weight / sum(weights)` of `rollout.prompts_per_step`.
+    """
+
+    data: str  # training prompts (jsonl rows; see engine/data/prompts.py)
+    eval_data: str | None = None  # held-out prompts for this task's evaluation
+    reward: str = "math"  # math | reward_model | judge | package.module:function
+    reward_model_path: str | None = None  # for reward: reward_model (HF sequence-classification dir)
+    reward_max_length: int = Field(2048, ge=8)
+    judge: JudgeSection | None = None  # for reward: judge
+    objective: Literal["dpo", "grpo"] | None = None  # None: the run's `objective`
+    weight: float = Field(1.0, gt=0.0)
+    samples_per_prompt: int | None = Field(None, ge=2)  # None: rollout.samples_per_prompt
+    max_tokens: int | None = Field(None, ge=1)  # None: rollout.max_tokens
+    prompt_template: str = "{prompt}"  # applied to each row's prompt text
+    chat_template: bool = False  # render the prompt with the tokenizer's chat template (instruct models)
+    dpo: DPOConfig | None = None  # None: the run's `dpo` (e.g. beta 0.1 math, 0.01 chat)
+    grpo: GRPOConfig | None = None  # None: the run's `grpo`
+
+
 class CheckpointConfig(_Section):
     every: int = Field(0, ge=0)  # optimizer steps between training-state checkpoints; 0 = none
     keep: int = Field(2, ge=1)  # newest checkpoints kept in RUN_DIR/checkpoints
@@ -106,6 +153,12 @@ class CheckpointConfig(_Section):
 class RunConfig(_Section):
     objective: Literal["dpo", "grpo"] = "grpo"
     sync_every: int | Literal["offline"] = 1  # s: 1 online, >1 semi-online, offline = never
+    # Rollout production in a producer thread, concurrent with optimization (engine/overlap.py);
+    # false = the synchronous path (generate, then train), the debugging path.
+    overlap: bool = False
+    # Steps a batch may lag the learner (t - 1 - version). None = s - 1, the synchronous path's
+    # versions exactly; larger values (GRPO only; pair with grpo.tis_cap) let generation cross syncs.
+    max_staleness: int | None = Field(None, ge=0)
     steps: int = Field(20, ge=1)
     seed: int = 0
     model: str = ".cache/seed"  # HF checkpoint: the policy's start and the reference
@@ -118,6 +171,9 @@ class RunConfig(_Section):
     sampler: SamplerConfig = SamplerConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    # Multi-task runs: task name -> TaskConfig. Empty: one task from `data`, `objective` and the
+    # math reward (the single-task configs in configs/demo).
+    tasks: dict[str, TaskConfig] = {}
     # Deterministic algorithms only (torch.use_deterministic_algorithms): with a fixed layout and thread
     # count a resumed run then reproduces the metrics of an uninterrupted one.
     deterministic: bool = False
@@ -147,6 +203,36 @@ class RunConfig(_Section):
             raise ValueError("must be an integer >= 1 or 'offline'")
         return v
 
+    @model_validator(mode="after")
+    def _check_tasks(self) -> RunConfig:
+        if self.tasks and self.offline:
+            raise ValueError("tasks with sync_every=offline is not supported yet (offline pre-generation is single-task)")
+        if self.tasks and self.checkpoint.every:
+            raise ValueError("tasks with checkpoint.every > 0 is not supported yet (checkpoints hold one prompt stream)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_max_staleness(self) -> RunConfig:
+        if self.overlap and self.sampler.placement == "time_sliced":
+            raise ValueError("overlap=true needs sampler.placement=resident (a sleeping engine cannot generate)")
+        k = self.max_staleness
+        if k is None or self.offline:
+            return self
+        s = int(self.sync_every)
+        if k < s - 1:
+            raise ValueError(f"max_staleness={k} must be >= sync_every - 1 = {s - 1} (a batch for step t is "
+                             "made with the weights of the last sync before t)")
+        if k > s - 1 and self.objective != "grpo":
+            raise ValueError(f"max_staleness={k} > sync_every - 1 needs objective=grpo (DPO keeps the exact s)")
+        return self
+
+    @property
+    def staleness_bound(self) -> int:
+        """The most steps a batch may lag: the batch for step t uses a version >= t - 1 - bound."""
+        if self.offline:
+            return 0
+        return int(self.sync_every) - 1 if self.max_staleness is None else self.max_staleness
+
     @property
     def offline(self) -> bool:
         return self.sync_every == "offline"
@@ -164,14 +250,17 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_valid_keys(ann, prefix + name + "."))
+        for ann in (field.annotation, *get_args(field.annotation)):  # X and X | None
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                keys.extend(_valid_keys(ann, prefix + name + "."))
     return keys
 
 
 def _unknown_key_message(key: str) -> str:
     valid = _valid_keys(RunConfig)
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "tasks":  # tasks.<name>.<key>: match within TaskConfig
+        valid = [f"tasks.{parts[1]}.{k}" for k in _valid_keys(TaskConfig)]
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if not near:  # try the last component alone, e.g. "rollout.temprature" -> "temperature"
         leaf = key.rsplit(".", 1)[-1]
@@ -186,6 +275,8 @@ def _format_error(err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("int", "literal")))
         if e["type"] == "extra_forbidden":
             lines.append(_unknown_key_message(key))
+        elif not key:  # a check across keys: its message names them
+            lines.append(f"config: {e['msg']}")
         else:
             lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(dict.fromkeys(lines))
@@ -236,6 +327,30 @@ def config_from_dict(tree: dict) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """Every data file and reward-model directory the run will read exists; else a ConfigError
+    naming the key and the path. Called by `train` right after loading, before anything heavy."""
+    wanted: list[tuple[str, str | None, bool]] = []  # (key, path, is_dir)
+    if cfg.tasks:
+        for name, task in cfg.tasks.items():
+            wanted += [(f"tasks.{name}.data", task.data, False), (f"tasks.{name}.eval_data", task.eval_data, False)]
+            if task.reward == "reward_model":
+                if not task.reward_model_path:
+                    raise ConfigError(f"config key 'tasks.{name}.reward_model_path': needed for reward 'reward_model'")
+                wanted.append((f"tasks.{name}.reward_model_path", task.reward_model_path, True))
+            if task.reward == "judge" and task.judge is None:
+                raise ConfigError(f"config key 'tasks.{name}.judge': needed for reward 'judge' (base_url, model)")
+    else:
+        wanted += [("data.train", cfg.data.train, False), ("data.eval", cfg.data.eval, False)]
+    for key, path, is_dir in wanted:
+        if path is None:
+            continue
+        ok = Path(path).is_dir() if is_dir else Path(path).is_file()
+        if not ok:
+            kind = "directory" if is_dir else "file"
+            raise ConfigError(f"config key '{key}': {kind} not found: {path}")
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -139,6 +139,22 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids if bos is None else [bos, *ids]
 
 
+def encode_formatted_prompt(tokenizer: PreTrainedTokenizerBase, text: str, *, template: str = "{prompt}",
+                            chat: bool = False) -> list[int]:
+    """A data row's prompt as the model should see it: `template` (e.g. "{prompt}\nPlease reason
+    step by step, and put your final answer within \\boxed{{}}.") applied to the row's text, then
+    either the tokenizer's chat template as one user turn with the generation prompt (instruct
+    models) or plain `encode_prompt` (the seed model, base models)."""
+    text = template.format(prompt=text)
+    if not chat:
+        return encode_prompt(tokenizer, text)
+    if not tokenizer.chat_template:
+        raise ValueError(f"chat_template=true but tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has none")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
 def encode_response(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """The response's tokens, no BOS and no EOS. Raises UnencodableTextError."""
     return _tokens(tokenizer, text, "response")

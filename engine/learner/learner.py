@@ -12,6 +12,7 @@ over DP (`engine.parallel.grads`), and metric sums are reduced to every rank.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -21,10 +22,10 @@ from engine.learner.batch import pack
 from engine.learner.objectives import dpo_loss, grpo_loss, token_weights
 from engine.learner.optim import build_optimizer, clip_grad_norm
 from engine.learner.passes import PipelinedModel, dp_share, reduce_sums
-from engine.model.hf_io import iter_hf_weights, load_model, save_hf
+from engine.model.hf_io import iter_hf_weights, load_model, save_hf, weight_specs
 from engine.parallel.grads import sync_gradients
 from engine.parallel.mesh import Mesh
-from engine.rollout.types import Group, PreferencePair, Rollout
+from engine.rollout.types import Group, PreferencePair, Rollout, TaskBatch
 from kernels.paths import resolve_impl
 
 
@@ -95,7 +96,55 @@ class Learner:
         but still counts the step, so `s` keeps its meaning."""
         if not pairs:
             return self._skip_step({"train/pairs": 0.0})
-        c = self.cfg.dpo
+        metrics = self._dpo_pass(pairs, self.cfg.dpo)
+        metrics.update(self._finish_step())
+        return metrics
+
+    def train_grpo(self, groups: Sequence[Group]) -> dict[str, float]:
+        """One optimizer step on GRPO groups (clipped ratio vs behaviour log-probs, k3 KL)."""
+        metrics = self._grpo_pass(groups, self.cfg.grpo)
+        if metrics is None:
+            return self._skip_step({"train/sequences": 0.0})
+        metrics.update(self._finish_step())
+        return metrics
+
+    def train_tasks(self, parts: Sequence[TaskBatch]) -> dict[str, float]:
+        """One optimizer step on several tasks at once, each with its own objective: the loss is
+        sum_t (w_t / sum_all w) * L_t, where L_t is task t's loss as in a single-task step and the
+        weights are normalised over all configured tasks (so a task's gradient scale does not
+        jump when another task has no signal this step). Metrics come per task
+        (`train/loss/<task>`, `dpo/margin/<task>`, ...) plus the weighted `train/loss`."""
+        total_weight = sum(p.weight for p in parts)
+        metrics: dict[str, float] = {}
+        loss, active = 0.0, 0
+        for part in parts:
+            scale = part.weight / total_weight
+            if part.objective == "dpo":
+                m = self._dpo_pass(part.pairs, self.task_dpo(part.task), scale) if part.pairs else None
+            else:
+                m = self._grpo_pass(part.groups, self.task_grpo(part.task), scale)
+            if m is None:
+                metrics[f"train/skipped/{part.task}"] = 1.0
+                continue
+            active += 1
+            loss += scale * m["train/loss"]
+            metrics.update({f"{k}/{part.task}": v for k, v in m.items()})
+        if not active:
+            return self._skip_step(metrics)
+        metrics["train/loss"] = loss
+        metrics.update(self._finish_step())
+        return metrics
+
+    def task_dpo(self, task: str):
+        t = self.cfg.tasks.get(task)
+        return t.dpo if t is not None and t.dpo is not None else self.cfg.dpo
+
+    def task_grpo(self, task: str):
+        t = self.cfg.tasks.get(task)
+        return t.grpo if t is not None and t.grpo is not None else self.cfg.grpo
+
+    def _dpo_pass(self, pairs: Sequence[PreferencePair], c, scale: float = 1.0) -> dict[str, float]:
+        """Forward + backward of the DPO loss on `pairs` (times `scale`), no optimizer step."""
         pairs_per_micro = max(1, self.cfg.learner.micro_batch_size // 2)
         total = len(pairs)
         sums = dict(loss=0.0, chosen=0.0, rejected=0.0, margin=0.0, acc=0.0, kl=0.0, ent=0.0, tokens=0)
@@ -120,7 +169,7 @@ class Learner:
             sums["kl"] += float(_k3(ref_tok, pol_tok.detach()).sum())
             sums["ent"] += float(entropy.sum())
             sums["tokens"] += int(batch.targets.numel())
-            return terms.loss.sum() / total
+            return terms.loss.sum() / total if scale == 1.0 else terms.loss.sum() * (scale / total)
 
         self.policy_passes.train(batches, micro_loss)
         sums = reduce_sums(sums, self.mesh)
@@ -136,16 +185,15 @@ class Learner:
             "policy/entropy": sums["ent"] / tokens,
             "train/tokens": float(sums["tokens"]),
         }
-        metrics.update(self._finish_step())
         return metrics
 
-    def train_grpo(self, groups: Sequence[Group]) -> dict[str, float]:
-        """One optimizer step on GRPO groups (clipped ratio vs behaviour log-probs, k3 KL)."""
-        c = self.cfg.grpo
+    def _grpo_pass(self, groups: Sequence[Group], c, scale: float = 1.0) -> dict[str, float] | None:
+        """Forward + backward of the GRPO loss on `groups` (times `scale`), no optimizer step;
+        None when no group has a non-empty response."""
         items: list[tuple[Rollout, float]] = [(r, a) for g in groups for r, a in zip(g.rollouts, g.advantages, strict=False)]
         items = [(r, a) for r, a in items if r.response_ids]
         if not items:
-            return self._skip_step({"train/sequences": 0.0})
+            return None
         total_tokens = sum(len(r.response_ids) for r, _ in items)
         chunks = list(_chunks(list(dp_share(items, self.mesh)), self.cfg.learner.micro_batch_size))
         batches = [pack([r.prompt_ids for r, _ in chunk], [r.response_ids for r, _ in chunk]) for chunk in chunks]
@@ -178,7 +226,7 @@ class Learner:
             sums["ratio"] += float(terms.ratio.sum())
             if tis is not None:
                 sums["tis"] += float(tis.sum())
-            return terms.loss
+            return terms.loss * scale if scale != 1.0 else terms.loss
 
         self.policy_passes.train(batches, micro_loss)
         sums = reduce_sums(sums, self.mesh)
@@ -193,10 +241,15 @@ class Learner:
         }
         if c.tis_cap is not None:
             metrics["tis/weight_mean"] = sums["tis"] / total_tokens
-        metrics.update(self._finish_step())
         return metrics
 
     # -- weights out -----------------------------------------------------------------------
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of the full (unsharded) policy in HF layout: what one weight sync must move."""
+        size = torch.empty((), dtype=next(self.policy.parameters()).dtype).element_size()
+        return sum(math.prod(spec.hf_shape) for spec in weight_specs(self.policy.cfg, 1)) * size
 
     def hf_weights(self):
         """Full HF-named tensors, one at a time, on every rank (collective over TP and PP): the

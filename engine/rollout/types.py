@@ -35,6 +35,17 @@ class Group:
 
 
 @dataclass
+class TaskBatch:
+    """One task's share of a multi-task step: its pairs (DPO) or groups (GRPO)."""
+
+    task: str
+    objective: str  # "dpo" | "grpo"
+    weight: float  # mixture weight (normalised over all tasks by the learner)
+    pairs: list[PreferencePair] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+
+
+@dataclass
 class RolloutBatch:
     """What rollout production hands to the learner for one optimizer step."""
 
@@ -44,3 +55,5 @@ class RolloutBatch:
     pairs: list[PreferencePair] = field(default_factory=list)  # DPO
     groups: list[Group] = field(default_factory=list)  # GRPO
     reward_timeouts: int = 0
+    parts: list[TaskBatch] = field(default_factory=list)  # multi-task runs: one per task
+    reward_failures: int = 0  # judgements dropped after retries

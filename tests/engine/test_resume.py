@@ -64,16 +64,20 @@ def _comparable(row):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_step_then_resume_reproduces_the_run(seed_model, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_kill_9_mid_step_then_resume_reproduces_the_run(seed_model, tmp_path, overlap):
+    """With overlap the producer is ahead of the learner when checkpoints are written (it made
+    step 4's batch during step 3): the checkpoint must hold the learner's data position."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     a, b = tmp_path / "a", tmp_path / "b"
+    mode = f"overlap={str(overlap).lower()}"
     done = subprocess.run(
-        _train_cmd(seed_model, "--run-dir", a), capture_output=True, text=True, timeout=600, env=env
+        _train_cmd(seed_model, "--run-dir", a, mode), capture_output=True, text=True, timeout=600, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
     proc = subprocess.Popen(
-        _train_cmd(seed_model, "--run-dir", b),
+        _train_cmd(seed_model, "--run-dir", b, mode),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

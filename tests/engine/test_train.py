@@ -80,3 +80,33 @@ def test_online_grpo_tp2_under_torchrun(seed_model, tmp_path):
     gaps = [r["sync/logprob_gap"] for r in rows if "sync/logprob_gap" in r]
     assert len(gaps) == 3 and max(gaps) <= 1e-3  # step 0 check + one per sync
     assert (run_dir / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_overlap_semi_online_grpo_keeps_versions(seed_model, tmp_path):
+    """overlap=true: the producer thread runs ahead, but each batch is made with the weights the
+    synchronous path would use (the last multiple of s), and the sampler matches after each sync."""
+    steps, _ = _train(seed_model, tmp_path / "run", "objective=grpo", "sync_every=2", "overlap=true", "steps=4")
+    assert [steps[s]["rollout/version"] for s in (1, 2, 3, 4)] == [0, 0, 2, 2]
+    assert [steps[s]["rollout/staleness"] for s in (1, 2, 3, 4)] == [0, 1, 0, 1]
+    assert all(steps[s]["sync/logprob_gap"] <= 1e-3 for s in (2, 4))
+    assert all("time/idle" in steps[s] for s in (1, 2, 3, 4))
+
+
+@pytest.mark.slow
+def test_overlap_grpo_dp2_under_torchrun(seed_model, tmp_path):
+    """Two DP replicas with overlap: the producer thread runs on rank 0 only, the batch broadcast
+    and the weight push stay on the main thread (same collective order on both ranks), and only
+    the driver's replica takes part in the push."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "engine.cli", "train",
+           "--run-dir", str(run_dir), f"model={seed_model}", f"data.train={seed_model}/data/train.jsonl",
+           f"data.eval={seed_model}/data/heldout.jsonl", "objective=grpo", "sync_every=2", "overlap=true",
+           "steps=3", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_tokens=32",
+           "eval.max_prompts=16", "eval.every=0", "eval.max_tokens=32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if r["step"] > 0}
+    assert [steps[s]["rollout/version"] for s in (1, 2, 3)] == [0, 0, 2]
+    assert steps[2]["sync/logprob_gap"] <= 1e-3

@@ -211,3 +211,28 @@ def test_in_process_sampler_pushes_and_restores_caller_state(tiny_llama_dir, hf_
     assert not dist.is_initialized()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg_after", rank=0, world_size=1)
     dist.destroy_process_group()
+
+
+def test_bucketed_push_reloads_layer_by_layer(sampler, hf_model, tiny_llama_dir):
+    """bucket_bytes=0: one /dev/shm file and one in-place reload per layer; the caller never holds
+    more than one layer, and the engine ends up with every layer's new weights."""
+    from transformers import AutoModelForCausalLM
+
+    original = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    perturbed = {k: v + 0.1 * v.std() * torch.randn(v.shape, generator=gen) for k, v in original.items()}
+    new_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    new_model.load_state_dict(perturbed)
+    transport = sampler._transport
+    saved, transport.bucket_bytes = transport.bucket_bytes, 0
+    try:
+        stats = sampler.push_weights(perturbed.items())
+    finally:
+        transport.bucket_bytes = saved
+    total = sum(v.numel() * 4 for v in perturbed.values())
+    assert stats.bytes == total and stats.num_buckets == 5  # embed, 2 layers, norm, lm_head
+    layer0 = sum(v.numel() * 4 for k, v in perturbed.items() if k.startswith("model.layers.0."))
+    assert stats.peak_bytes == max(layer0, original["lm_head.weight"].numel() * 4) < total / 2
+    groups = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_tokens=24, seed=3)
+    assert max_parity_gap(new_model, PROMPTS, groups) <= PARITY_TOL
+    sampler.push_weights(original.items())
