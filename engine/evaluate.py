@@ -32,14 +32,22 @@ class EvalResult:
         }
 
 
-def evaluate_math(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[PromptRow], cfg: EvalConfig, *,
-                  stop_token_ids: list[int], seed: int = 0) -> EvalResult:
+def sample_eval(sampler, prompt_ids: Sequence[list[int]], cfg: EvalConfig, *, stop_token_ids: list[int],
+                seed: int = 0):
+    """The eval protocol's samples: `cfg.samples` per prompt at `cfg.temperature` / `cfg.top_p`,
+    or one greedy sample when the temperature is 0. Returns (outputs per prompt, samples per prompt)."""
     greedy = cfg.temperature == 0.0
     n = 1 if greedy else cfg.samples
     outs = sampler.generate(
         list(prompt_ids), n=n, temperature=cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
         max_tokens=cfg.max_tokens, stop_token_ids=stop_token_ids, seed=seed,
     )  # fmt: skip
+    return outs, n
+
+
+def evaluate_math(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[PromptRow], cfg: EvalConfig, *,
+                  stop_token_ids: list[int], seed: int = 0) -> EvalResult:
+    outs, n = sample_eval(sampler, prompt_ids, cfg, stop_token_ids=stop_token_ids, seed=seed)
     texts = [s.text for group in outs for s in group]
     refs = [row.answer for row, group in zip(rows, outs, strict=True) for _ in group]
     rewards, stats = math_reward_batch(texts, refs)
@@ -131,16 +139,10 @@ def evaluate_scored(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[Pro
     """Sample `cfg.samples` responses per prompt and score them with `scorer(prompts, responses)
     -> list[float | None]`. The baseline is one response per prompt (the seed's, made once at
     step 0 by the caller, with its token count), and each sample is compared with the baseline of
-    its prompt. Failed
-    judgements (None) are dropped from every average and counted."""
+    its prompt. Failed judgements (None) are dropped from every average and counted."""
     if not len(baseline) == len(baseline_lengths) == len(rows):
         raise ValueError(f"{len(baseline)} baseline responses ({len(baseline_lengths)} lengths) for {len(rows)} prompts")
-    greedy = cfg.temperature == 0.0
-    n = 1 if greedy else cfg.samples
-    outs = sampler.generate(
-        list(prompt_ids), n=n, temperature=cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
-        max_tokens=cfg.max_tokens, stop_token_ids=stop_token_ids, seed=seed,
-    )  # fmt: skip
+    outs, n = sample_eval(sampler, prompt_ids, cfg, stop_token_ids=stop_token_ids, seed=seed)
     prompts = [row.prompt for row, group in zip(rows, outs, strict=True) for _ in group]
     texts = [s.text for group in outs for s in group]
     lengths = [len(s.token_ids) for group in outs for s in group]

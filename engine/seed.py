@@ -273,11 +273,9 @@ def answer_is_correct(response: str, answer: str) -> bool:
     return bool(found) and found[-1] == answer.strip()
 
 
-def heldout_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[PromptRow], *,
-                     max_new_tokens: int = 64) -> float:
-    """Fraction of rows whose greedy response ends in the right "The answer is N"."""
-    responses = greedy_responses(model, tokenizer, [r.prompt for r in rows], max_new_tokens=max_new_tokens)
-    return sum(answer_is_correct(t, r.answer) for t, r in zip(responses, rows, strict=True)) / len(rows)
+def heldout_accuracy(responses: Sequence[str], rows: Sequence[PromptRow]) -> float:
+    """Fraction of `responses` (one per row) that end in the row's right "The answer is N"."""
+    return sum(answer_is_correct(t, r.answer) for t, r in zip(responses, rows, strict=True)) / max(1, len(rows))
 
 
 def _save_atomically(tmp_dir: Path, out_dir: Path) -> None:
@@ -347,10 +345,8 @@ def build_seed(out_dir: str | Path, *, seed: int = 0, steps: int = 600, batch_si
         max_response_tokens = max(len(e.input_ids) - e.prompt_len for e in examples)  # incl. EOS
         responses = greedy_responses(model, tokenizer, [r.prompt for r in heldout_rows],
                                      max_new_tokens=max_response_tokens + 16)
-        n_heldout_rows = max(1, len(heldout_rows))
-        accuracy = sum(answer_is_correct(t, r.answer) for t, r in zip(responses, heldout_rows, strict=True))
-        accuracy /= n_heldout_rows
-        worked = sum(shows_work(t) for t in responses) / n_heldout_rows
+        accuracy = heldout_accuracy(responses, heldout_rows)
+        worked = sum(shows_work(t) for t in responses) / max(1, len(heldout_rows))
         chat_heldout = chat_prompts(heldout_size(), split="heldout", seed=seed)
         notes = greedy_responses(model, tokenizer, [r.prompt for r in chat_heldout], max_new_tokens=80)
         chat_quality = sum(note_quality(r, t) for r, t in zip(chat_heldout, notes, strict=True)) / len(chat_heldout)
