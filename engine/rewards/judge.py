@@ -10,7 +10,7 @@
 `POST {base_url}/chat/completions` with one user message rendered from a template. The client is
 stdlib only (urllib and a thread pool), so it adds no dependency and runs from any thread.
 
-Failure handling. A request that times out, cannot connect, gets HTTP 429 or 5xx, or gets a reply
+Failure handling. A request that times out, cannot connect, is cut off mid-reply, gets HTTP 429 or 5xx, or gets a reply
 with no parseable verdict is retried up to `max_retries` times, with exponential backoff and
 jitter. Other 4xx errors are not retried (the request itself is wrong). A judgement that still
 fails is `None` and counted in `failures`. The trainer drops those samples instead of scoring
@@ -22,6 +22,7 @@ sent. It is never stored on the object, never put in an error message, and never
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -186,7 +187,9 @@ class Judge:
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise _Retryable(f"connection: {type(reason).__name__}") from None
-        except json.JSONDecodeError:
+        except http.client.HTTPException as e:  # e.g. IncompleteRead: the server died mid-reply
+            raise _Retryable(f"connection: {type(e).__name__}") from None
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             raise _Retryable("invalid JSON reply") from None
         try:
             return payload["choices"][0]["message"]["content"] or ""

@@ -63,6 +63,14 @@ def _serve(script: _Script):
                     time.sleep(1.5)
                 if "bad-request" in msg:
                     return self._reply(400, {"error": "bad"})
+                if "cut-off" in msg and n == 1:  # promise a body, send half of it, hang up
+                    self.send_response(200)
+                    self.send_header("Content-Length", "500")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 text = "no verdict here" if "garbage" in msg else "Looks fine. [[7]]"
                 self._reply(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
             finally:
@@ -97,14 +105,15 @@ def test_retries_timeouts_concurrency_and_failures(scripted, monkeypatch):
                               timeout_s=0.5, max_retries=2, backoff_s=0.01,
                               pointwise_template="{prompt}|{response}"))
     prompts = [f"p{i}" for i in range(12)]
-    responses = ["ok"] * 8 + ["flaky", "slow", "garbage", "bad-request"]
+    responses = ["ok"] * 7 + ["cut-off", "flaky", "slow", "garbage", "bad-request"]
     result = judge.score(prompts, responses)
     assert result.scores[:8] == [7.0] * 8
+    assert script.calls["p7|cut-off"] == 2  # a reply cut off mid-body is retried, not raised
     assert result.scores[8] == 7.0 and script.calls["p8|flaky"] == 3  # two 503s, then success
     assert result.scores[9] == 7.0 and script.calls["p9|slow"] == 2  # timed out once, then success
     assert result.scores[10] is None and script.calls["p10|garbage"] == 3  # unparseable: retried, dropped
     assert result.scores[11] is None and script.calls["p11|bad-request"] == 1  # 4xx: not retried
-    assert result.failures == 2 and result.retries == 2 + 1 + 2
+    assert result.failures == 2 and result.retries == 1 + 2 + 1 + 2
     assert result.errors == {"unparseable verdict": 1, "HTTP 400": 1}
     assert script.max_active <= 3
     assert set(script.auth) == {"Bearer sk-secret-123"}
