@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 SEED    ?= .cache/seed
 PYTEST_ARGS ?=
 
-.PHONY: setup seed demo test lint clean-venv
+.PHONY: setup seed demo test sweep sweep-quick lint clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ demo: seed
 
 test: seed
 	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The paper's comparison at CPU scale (configs/paper_cpu.yaml): builds its seed model and reward
+# model when missing, resumable; the report is runs/paper_cpu/report.md.
+sweep: setup
+	$(BIN)/semionline sweep --config configs/paper_cpu.yaml
+
+sweep-quick: seed
+	$(BIN)/semionline sweep --config configs/paper_cpu.yaml --quick
 
 lint: setup
 	$(BIN)/ruff check engine kernels tests launch

@@ -44,8 +44,9 @@ def cmd_seed(args) -> None:
     from engine.seed import build_seed
 
     kwargs = {"seed": args.seed}
-    if args.steps is not None:
-        kwargs["steps"] = args.steps
+    for key in ("steps", "mix_steps", "chat_fraction"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     report = build_seed(args.out, **kwargs)
     print(json.dumps(report.__dict__ if hasattr(report, "__dict__") else report, indent=2, default=str))
 
@@ -117,23 +118,64 @@ def _sampler(model: str, seed: int):
 
 
 def cmd_eval(args) -> None:
+    """Math: pass@1 over k samples and maj@k. Reward-model / judge / callable rewards: mean score
+    and (length-controlled) win rate against a baseline model's responses (e.g. the seed's)."""
     from engine.config import EvalConfig
     from engine.data.prompts import load_prompts
-    from engine.data.tokenizer import encode_prompt, load_tokenizer
-    from engine.evaluate import evaluate_math
+    from engine.data.tokenizer import encode_formatted_prompt, load_tokenizer
+    from engine.evaluate import evaluate_math, evaluate_scored, sample_eval
 
     cfg = EvalConfig(max_prompts=args.max_prompts, samples=args.samples, temperature=args.temperature,
                      top_p=args.top_p, max_tokens=args.max_tokens)
     check_checkpoint_dir(args.model)
+    if args.reward != "math" and not args.baseline:
+        raise UserError(f"--reward {args.reward}: give --baseline MODEL (win rates are against its responses)")
+    reward = None
+    if args.reward != "math":
+        from engine.rewards.router import build_reward
+
+        judge = None
+        if args.judge_url:
+            from engine.rewards.judge import JudgeConfig
+
+            judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model or "judge",
+                                api_key_env=args.judge_api_key_env)
+        reward = build_reward(args.reward, path=args.reward_model, judge=judge)
     tok = load_tokenizer(args.model)
     rows = load_prompts(args.data)[: cfg.max_prompts]
-    ids = [encode_prompt(tok, r.prompt) for r in rows]
-    with _sampler(args.model, args.seed) as sampler:
-        res = evaluate_math(sampler, ids, rows, cfg, stop_token_ids=[tok.eos_token_id], seed=args.seed)
-    out = {"model": args.model, "data": args.data, **res.__dict__}
+    ids = [encode_formatted_prompt(tok, r.prompt, template=args.prompt_template, chat=args.chat_template) for r in rows]
+    stop = [tok.eos_token_id]
+    if reward is None:
+        with _sampler(args.model, args.seed) as sampler:
+            res = evaluate_math(sampler, ids, rows, cfg, stop_token_ids=stop, seed=args.seed)
+        out = {"model": args.model, "data": args.data, **res.__dict__}
+        table = (f"| model | prompts | samples | pass@1 | maj@{res.samples} | mean length |\n|---|---|---|---|---|---|\n"
+                 f"| {args.model} | {res.prompts} | {res.samples} | {res.accuracy:.3f} | {res.maj_accuracy:.3f} | "
+                 f"{res.mean_length:.1f} |")
+    else:
+        check_checkpoint_dir(args.baseline)
+        base_cfg = cfg.model_copy(update={"samples": 1})
+        with _sampler(args.baseline, args.seed) as sampler:  # one baseline response per prompt
+            outs, _ = sample_eval(sampler, ids, base_cfg, stop_token_ids=stop, seed=args.seed + 1)
+        by_prompt = {r.prompt: r for r in rows}
+
+        def scorer(prompts, responses):
+            return reward([by_prompt[p] for p in prompts], responses).rewards
+
+        with _sampler(args.model, args.seed) as sampler:
+            res = evaluate_scored(sampler, ids, rows, cfg, scorer=scorer, baseline=[o[0].text for o in outs],
+                                  baseline_lengths=[len(o[0].token_ids) for o in outs], stop_token_ids=stop,
+                                  seed=args.seed)
+        out = {"model": args.model, "baseline": args.baseline, "data": args.data, "reward": args.reward,
+               **{k: v for k, v in res.__dict__.items() if k != "extra"}}
+        table = ("| model | prompts | samples | mean score | baseline score | win rate | LC win rate | mean length |\n"
+                 "|---|---|---|---|---|---|---|---|\n"
+                 f"| {args.model} | {res.prompts} | {res.samples} | {res.mean_score:.3f} | {res.baseline_mean_score:.3f} "
+                 f"| {res.win_rate:.3f} | {res.lc_win_rate:.3f} | {res.mean_length:.1f} |")
+        if res.failures:
+            table += f"\n\n{res.failures} judgements failed after retries and are left out of the means."
     print(json.dumps(out, indent=2))
-    print(f"\n| model | prompts | samples | pass@1 | maj@{res.samples} | mean length |\n|---|---|---|---|---|---|\n"
-          f"| {args.model} | {res.prompts} | {res.samples} | {res.accuracy:.3f} | {res.maj_accuracy:.3f} | {res.mean_length:.1f} |")
+    print("\n" + table)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
 
@@ -195,6 +237,20 @@ def cmd_score(args) -> None:
         mesh.destroy()
 
 
+def cmd_sweep(args) -> None:
+    from engine.report import write_report
+    from engine.sweep import Sweep, run_sweep
+
+    sweep = Sweep.load(args.config, quick=args.quick, out=args.out)
+    t0 = time.perf_counter()
+    result = {"ran": 0}
+    if not args.report_only:
+        result = run_sweep(sweep)
+    report = write_report(sweep, wall_seconds=(time.perf_counter() - t0) if result["ran"] else None, quick=args.quick)
+    print(json.dumps({**result, "report": str(report)}))
+    print(report.read_text().split("## Plots")[0])
+
+
 def cmd_bench(args) -> None:
     """Run `launch/bench_<what>.py`'s `main` (the launch scripts are not an installed package)."""
     import importlib.util
@@ -212,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("seed", help="build the tiny CPU seed model and its prompt sets")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=None, help="supervised warm-up steps")
+    p.add_argument("--steps", type=int, default=None, help="supervised warm-up steps (phase 1; default 600)")
+    p.add_argument("--mix-steps", type=int, default=None, help="phase-2 steps with bare answers (default 150)")
+    p.add_argument("--chat-fraction", type=float, default=None,
+                   help="fraction of warm-up examples that are chat notes (default 0; the multi-task seed: 0.25)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_seed)
 
@@ -242,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("--samples", type=int, default=1, help="pass@1 averaged over k samples")
             p.add_argument("--max-prompts", type=int, default=10**9)
+            p.add_argument("--reward", default="math",
+                           help="math (pass@1, maj@k) | reward_model | judge | package.module:function (score, win rate)")
+            p.add_argument("--baseline", default=None, help="model whose responses the win rates are against (the seed)")
+            p.add_argument("--reward-model", default=None, help="for --reward reward_model: its directory")
+            p.add_argument("--judge-url", default=None, help="for --reward judge: an OpenAI-compatible base URL")
+            p.add_argument("--judge-model", default=None)
+            p.add_argument("--judge-api-key-env", default=None, help="NAME of the variable holding the judge's key")
+            p.add_argument("--prompt-template", default="{prompt}")
+            p.add_argument("--chat-template", action="store_true", help="render prompts with the chat template")
             p.set_defaults(fn=cmd_eval)
         else:
             p.add_argument("--n", type=int, default=1)
@@ -256,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--append-eos", action="store_true", help="score an EOS token after each response")
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("sweep", help="the paper's comparison: every method x task x seed, then a report")
+    p.add_argument("--config", default="configs/paper_cpu.yaml")
+    p.add_argument("--quick", action="store_true", help="the config's quick: section (one seed, few steps; CI)")
+    p.add_argument("--out", default=None, help="sweep folder (default: the config's out)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from the runs done so far")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("bench", help="benchmarks: kernels (log-prob paths side by side, one GRPO step); "
                                      "learner (tokens/s, FLOP/s vs matmul, pp=2 bubble); "

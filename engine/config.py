@@ -107,6 +107,9 @@ class EvalConfig(_Section):
     temperature: float = Field(0.6, ge=0.0)  # the paper: 0.6 / top-p 0.9; 0 = greedy
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_tokens: int = Field(64, ge=1)
+    # Sampling seed of every eval; None: the run's seed. A sweep fixes it so that all its runs are
+    # evaluated on the same random numbers and the seed model's step-0 eval is shared.
+    seed: int | None = None
 
 
 class JudgeSection(_Section):
@@ -135,6 +138,11 @@ class TaskConfig(_Section):
     reward_model_path: str | None = None  # for reward: reward_model (HF sequence-classification dir)
     reward_max_length: int = Field(2048, ge=8)
     judge: JudgeSection | None = None  # for reward: judge
+    # A second scorer used only at evaluation (same choices as `reward`; reward_model uses
+    # reward_model_path, judge uses `judge`), reported as eval/<task>/gold/*: the paper trains on
+    # a reward model and reports a stronger judge's win rates. The CPU chat task's hidden rule is
+    # engine.data.chat:gold_quality.
+    eval_reward: str | None = None
     objective: Literal["dpo", "grpo"] | None = None  # None: the run's `objective`
     weight: float = Field(1.0, gt=0.0)
     samples_per_prompt: int | None = Field(None, ge=2)  # None: rollout.samples_per_prompt
@@ -176,6 +184,10 @@ class RunConfig(_Section):
     tasks: dict[str, TaskConfig] = {}
     # Deterministic algorithms only (torch.use_deterministic_algorithms): with a fixed layout and thread
     # count a resumed run then reproduces the metrics of an uninterrupted one.
+    # Offline runs: a file holding the seed's rollouts for every step. The first run that names it
+    # generates and writes it; later runs with the same model, data, rollout settings and steps
+    # (a sweep's other seeds) load it and see its batches in their own seed's order.
+    offline_rollouts: str | None = None
     deterministic: bool = False
     # Log-prob and loss kernels (kernels/): None = auto, Triton on CUDA and the chunked torch path on
     # CPU; "reference" is the plain full-logits path (for A/B checks).
@@ -205,8 +217,8 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check_tasks(self) -> RunConfig:
-        if self.tasks and self.offline:
-            raise ValueError("tasks with sync_every=offline is not supported yet (offline pre-generation is single-task)")
+        if self.offline_rollouts and not self.offline:
+            raise ValueError("offline_rollouts is the seed's rollout pool of an offline run: it needs sync_every=offline")
         if self.tasks and self.checkpoint.every:
             raise ValueError("tasks with checkpoint.every > 0 is not supported yet (checkpoints hold one prompt stream)")
         return self

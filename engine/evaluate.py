@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.config import EvalConfig
 from engine.data.prompts import PromptRow
@@ -118,6 +118,17 @@ def win_rates(scores: Sequence[float], baseline_scores: Sequence[float], lengths
 
 
 @dataclass
+class ScoreSummary:
+    """One scorer's view of the eval samples against the baseline's responses."""
+
+    mean_score: float
+    baseline_mean_score: float
+    win_rate: float
+    lc_win_rate: float
+    failures: int
+
+
+@dataclass
 class ScoredEvalResult:
     mean_score: float  # mean reward-model / judge score of the policy's responses
     baseline_mean_score: float
@@ -127,19 +138,40 @@ class ScoredEvalResult:
     samples: int
     mean_length: float
     failures: int  # judgements that failed after retries (dropped from the means)
+    extra: dict[str, ScoreSummary] = field(default_factory=dict)  # eval-only scorers, by name
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/reward": self.mean_score, f"{prefix}/win_rate": self.win_rate,
-                f"{prefix}/lc_win_rate": self.lc_win_rate, f"{prefix}/response_length": self.mean_length}
+        out = {f"{prefix}/reward": self.mean_score, f"{prefix}/win_rate": self.win_rate,
+               f"{prefix}/lc_win_rate": self.lc_win_rate, f"{prefix}/response_length": self.mean_length}
+        for name, x in self.extra.items():
+            out.update({f"{prefix}/{name}/score": x.mean_score, f"{prefix}/{name}/baseline_score": x.baseline_mean_score,
+                        f"{prefix}/{name}/win_rate": x.win_rate, f"{prefix}/{name}/lc_win_rate": x.lc_win_rate})
+        return out
+
+
+def _against_baseline(scorer, prompts, texts, lengths, base_prompts, baseline, base_len, group_sizes) -> ScoreSummary:
+    all_scores = scorer(list(prompts) + list(base_prompts), list(texts) + list(baseline))
+    scores, base_scores = all_scores[: len(texts)], all_scores[len(texts) :]
+    base_per_sample = [base_scores[i] for i, k in enumerate(group_sizes) for _ in range(k)]
+    keep = [i for i in range(len(texts)) if scores[i] is not None and base_per_sample[i] is not None]
+    rates = win_rates([scores[i] for i in keep], [base_per_sample[i] for i in keep],
+                      [lengths[i] for i in keep], [base_len[i] for i in keep])
+    ok_base = [b for b in base_scores if b is not None]
+    return ScoreSummary(mean_score=sum(scores[i] for i in keep) / max(1, len(keep)),
+                        baseline_mean_score=sum(ok_base) / max(1, len(ok_base)), win_rate=rates.win_rate,
+                        lc_win_rate=rates.lc_win_rate, failures=sum(s is None for s in all_scores))
 
 
 def evaluate_scored(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[PromptRow], cfg: EvalConfig, *,
                     scorer, baseline: Sequence[str], baseline_lengths: Sequence[int], stop_token_ids: list[int],
-                    seed: int = 0) -> ScoredEvalResult:
+                    seed: int = 0, extra_scorers: dict | None = None) -> ScoredEvalResult:
     """Sample `cfg.samples` responses per prompt and score them with `scorer(prompts, responses)
     -> list[float | None]`. The baseline is one response per prompt (the seed's, made once at
     step 0 by the caller, with its token count), and each sample is compared with the baseline of
-    its prompt. Failed judgements (None) are dropped from every average and counted."""
+    its prompt. Failed judgements (None) are dropped from every average and counted.
+    `extra_scorers` ({name: scorer}) score the same samples and baseline a second way, e.g. the
+    stronger judge an evaluation trusts more than the training reward (the paper: train on a
+    reward model, report GPT-4-judged win rates)."""
     if not len(baseline) == len(baseline_lengths) == len(rows):
         raise ValueError(f"{len(baseline)} baseline responses ({len(baseline_lengths)} lengths) for {len(rows)} prompts")
     outs, n = sample_eval(sampler, prompt_ids, cfg, stop_token_ids=stop_token_ids, seed=seed)
@@ -147,17 +179,10 @@ def evaluate_scored(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[Pro
     texts = [s.text for group in outs for s in group]
     lengths = [len(s.token_ids) for group in outs for s in group]
     base_len = [n_tok for n_tok, group in zip(baseline_lengths, outs, strict=True) for _ in group]
-    all_scores = scorer(prompts + [r.prompt for r in rows], texts + list(baseline))
-    scores, base_scores = all_scores[: len(texts)], all_scores[len(texts) :]
-    base_per_sample = [base_scores[i] for i, group in enumerate(outs) for _ in group]
-    keep = [i for i in range(len(texts)) if scores[i] is not None and base_per_sample[i] is not None]
-    rates = win_rates([scores[i] for i in keep], [base_per_sample[i] for i in keep],
-                      [lengths[i] for i in keep], [base_len[i] for i in keep])
-    ok_base = [b for b in base_scores if b is not None]
+    args = (prompts, texts, lengths, [r.prompt for r in rows], baseline, base_len, [len(g) for g in outs])
+    main = _against_baseline(scorer, *args)
     return ScoredEvalResult(
-        mean_score=sum(scores[i] for i in keep) / max(1, len(keep)),
-        baseline_mean_score=sum(ok_base) / max(1, len(ok_base)),
-        win_rate=rates.win_rate, lc_win_rate=rates.lc_win_rate, prompts=len(outs), samples=n,
-        mean_length=sum(lengths) / max(1, len(lengths)),
-        failures=sum(s is None for s in all_scores),
+        mean_score=main.mean_score, baseline_mean_score=main.baseline_mean_score, win_rate=main.win_rate,
+        lc_win_rate=main.lc_win_rate, prompts=len(outs), samples=n, mean_length=sum(lengths) / max(1, len(lengths)),
+        failures=main.failures, extra={name: _against_baseline(fn, *args) for name, fn in (extra_scorers or {}).items()},
     )  # fmt: skip

@@ -25,10 +25,13 @@ Checkpoints (`checkpoint.every=K`) hold the whole training state (`engine/checkp
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +54,7 @@ from engine.rewards.math import math_reward_batch
 from engine.rollout.build import build_groups, build_pairs
 from engine.rollout.types import Rollout, RolloutBatch
 from engine.sampler.vllm_engine import VLLMSampler
-from engine.tasks import build_tasks, sample_tasks
+from engine.tasks import build_parts, build_tasks, sample_task_groups
 
 
 class LogprobGapError(RuntimeError):
@@ -91,8 +94,15 @@ class PromptStream:
 
 
 class Orchestrator:
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, mesh: Mesh):
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, mesh: Mesh, *, sampler: VLLMSampler | None = None,
+                 step0_cache: dict | None = None):
+        """`sampler`: an engine already running on the same seed model (a sweep runs many short
+        runs in one process); the run pushes the seed's weights into it at step 0 and leaves it
+        open. `step0_cache`: a dict shared by such runs, holding the seed model's step-0 eval per
+        eval setting (with `eval.seed` fixed it is the same for every run)."""
         self.cfg, self.mesh = cfg, mesh
+        self._owns_sampler = sampler is None
+        self._step0_cache = step0_cache
         self.run_dir = Path(run_dir)
         self.is_driver = mesh.rank == 0
         if self.is_driver:
@@ -124,8 +134,8 @@ class Orchestrator:
         self.stop_ids = [self.tokenizer.eos_token_id]
         self.prompts = PromptStream(len(self.train_rows), cfg.seed)
         self.learner = Learner(cfg, mesh)
-        self.sampler = None
-        if self.is_driver:
+        self.sampler = sampler
+        if self.is_driver and sampler is None:
             self.sampler = VLLMSampler(
                 cfg.model, seed=cfg.seed, max_model_len=cfg.sampler.max_model_len,
                 kv_cache_gib=cfg.sampler.kv_cache_gib, separate_process=cfg.sampler.separate_process,
@@ -137,6 +147,7 @@ class Orchestrator:
         self._reward_seconds = 0.0
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_driver)
         self._offline: list[RolloutBatch] = []
+        self.eval_seed = cfg.seed if cfg.eval.seed is None else cfg.eval.seed
         # Evals happen at steps where the sampler may hold older weights (s > 1, offline).
         every = cfg.eval.every
         self._needs_swap = cfg.offline or any(
@@ -199,17 +210,58 @@ class Orchestrator:
     # -- the three seams ---------------------------------------------------------------------
 
     def prepare_offline(self) -> float:
-        """Offline: every rollout of the run from the seed, before training (one generate call)."""
+        """Offline: every rollout of the run from the seed, before training (driver). With
+        `offline_rollouts`, the pool is loaded from that file when it was made for the same
+        settings (else made and written), and its batches are taken in this run's seed's order."""
         t0 = time.perf_counter()
         if self.is_driver:
-            per_step = self.cfg.rollout.prompts_per_step
-            indices = [self.prompts.take(per_step) for _ in range(self.cfg.steps)]
-            flat = [i for chunk in indices for i in chunk]
-            groups, timeouts = self._sample(flat, step=0)
-            for s, _ in enumerate(indices):
-                chunk = groups[s * per_step : (s + 1) * per_step]
-                self._offline.append(self._to_batch(s + 1, chunk, timeouts if s == 0 else 0))
+            pool = self._offline_pool()
+            order = list(range(len(pool)))
+            if self.cfg.offline_rollouts:
+                self.rng.shuffle(order)
+            for s, k in enumerate(order):
+                raw, timeouts, failures = pool[k]
+                batch = (self._task_batch(s + 1, 0, raw, timeouts, failures) if self.tasks
+                         else self._to_batch(s + 1, raw, timeouts))
+                self._offline.append(batch)
         return time.perf_counter() - t0
+
+    def _offline_pool(self) -> list[tuple[list, int, int]]:
+        """Per step: (the seed's scored groups, or per task its groups; timeouts; failures)."""
+        path = Path(self.cfg.offline_rollouts) if self.cfg.offline_rollouts else None
+        key = self._offline_key() if path else None
+        if path is not None and path.is_file():
+            saved = torch.load(path, weights_only=False)
+            if saved.get("key") == key:
+                print(f"offline rollouts: loaded {path}", flush=True)
+                return saved["pool"]
+            print(f"offline rollouts: {path} was made for other settings; making a new pool", flush=True)
+        pool = []
+        if self.tasks:
+            for step in range(1, self.cfg.steps + 1):
+                task_groups, stats = self._sample_task_groups(step)
+                pool.append((task_groups, stats.timeouts, stats.failures))
+        else:  # one generate call for the whole run
+            per_step = self.cfg.rollout.prompts_per_step
+            flat = [i for _ in range(self.cfg.steps) for i in self.prompts.take(per_step)]
+            groups, timeouts = self._sample(flat, step=0)
+            pool = [(groups[s * per_step : (s + 1) * per_step], timeouts if s == 0 else 0, 0)
+                    for s in range(self.cfg.steps)]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            torch.save({"key": key, "pool": pool}, tmp)
+            os.replace(tmp, path)  # atomic: a reader sees the old pool or the whole new one
+        return pool
+
+    def _offline_key(self) -> str:
+        """What the offline pool depends on: the seed model's weights, prompts, sampling, steps."""
+        digest = hashlib.sha256()
+        for f in sorted(Path(self.cfg.model).glob("*.safetensors")):
+            digest.update(f.read_bytes())
+        c = self.cfg
+        return json.dumps({"weights": digest.hexdigest(), "data": c.data.model_dump(), "rollout": c.rollout.model_dump(),
+                           "tasks": {n: t.model_dump() for n, t in c.tasks.items()}, "steps": c.steps}, sort_keys=True)
 
     def produce_rollouts(self, step: int) -> Produced:
         """Sampling + rewards + pair/group building for optimizer step `step` (1-based), on the
@@ -232,15 +284,23 @@ class Orchestrator:
         return Produced(batch, times)
 
     def _produce_tasks(self, step: int) -> RolloutBatch:
+        task_groups, stats = self._sample_task_groups(step)
+        return self._task_batch(step, self.version, task_groups, stats.timeouts, stats.failures)
+
+    def _sample_task_groups(self, step: int):
         r = self.cfg.rollout
-        parts, rollouts, stats = sample_tasks(
+        task_groups, stats = sample_task_groups(
             self.tasks, self.task_streams, self.sampler, prompts_per_step=r.prompts_per_step, step=step,
             version=self.version, temperature=r.temperature, top_p=r.top_p, stop_token_ids=self.stop_ids,
-            seed=self.cfg.seed, rng=self.rng,
+            seed=self.cfg.seed,
         )  # fmt: skip
         self._reward_seconds += stats.reward_seconds
-        return RolloutBatch(step=step, version=self.version, rollouts=rollouts, reward_timeouts=stats.timeouts,
-                            parts=parts, reward_failures=stats.failures)
+        return task_groups, stats
+
+    def _task_batch(self, step: int, version: int, task_groups, timeouts: int, failures: int) -> RolloutBatch:
+        parts, rollouts = build_parts(self.tasks, task_groups, self.rng)
+        return RolloutBatch(step=step, version=version, rollouts=rollouts, reward_timeouts=timeouts, parts=parts,
+                            reward_failures=failures)
 
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         """The batch for `step` on every rank: the driver takes it from the pipeline (made now, or
@@ -351,7 +411,7 @@ class Orchestrator:
                 metrics = self._evaluate_tasks()
             elif self.is_driver:
                 res = evaluate_math(self.sampler, self.eval_ids, self.eval_rows, self.cfg.eval,
-                                    stop_token_ids=self.stop_ids, seed=self.cfg.seed)
+                                    stop_token_ids=self.stop_ids, seed=self.eval_seed)
                 metrics = res.as_metrics()
             if stale:  # restore the sampler's weights (kept from its last push)
                 self.push(self._sampler_weights)
@@ -368,25 +428,26 @@ class Orchestrator:
                 continue
             if task.verifiable:
                 res = evaluate_math(self.sampler, task.eval_ids, task.eval_rows, self.cfg.eval,
-                                    stop_token_ids=self.stop_ids, seed=self.cfg.seed)
+                                    stop_token_ids=self.stop_ids, seed=self.eval_seed)
                 metrics.update(res.as_metrics(f"eval/{task.name}"))
                 metrics.setdefault("eval/accuracy", res.accuracy)
                 continue
             if task.name not in self._baselines:  # one seed response per prompt, at eval settings
                 outs = self.sampler.generate(
                     task.eval_ids, n=1, temperature=self.cfg.eval.temperature, top_p=self.cfg.eval.top_p,
-                    max_tokens=self.cfg.eval.max_tokens, stop_token_ids=self.stop_ids, seed=self.cfg.seed + 1,
+                    max_tokens=self.cfg.eval.max_tokens, stop_token_ids=self.stop_ids, seed=self.eval_seed + 1,
                 )  # fmt: skip
                 self._baselines[task.name] = ([o[0].text for o in outs], [len(o[0].token_ids) for o in outs])
             by_prompt = {row.prompt: row for row in task.eval_rows}
             texts, lengths = self._baselines[task.name]
 
-            def scorer(prompts, responses, task=task, by_prompt=by_prompt):
-                return task.reward([by_prompt[p] for p in prompts], responses).rewards
+            def scorer(prompts, responses, fn=task.reward, by_prompt=by_prompt):
+                return fn([by_prompt[p] for p in prompts], responses).rewards
 
+            extra = {"gold": partial(scorer, fn=task.eval_reward)} if task.eval_reward is not None else None
             res = evaluate_scored(self.sampler, task.eval_ids, task.eval_rows, self.cfg.eval, scorer=scorer,
                                   baseline=texts, baseline_lengths=lengths, stop_token_ids=self.stop_ids,
-                                  seed=self.cfg.seed)
+                                  seed=self.eval_seed, extra_scorers=extra)
             metrics.update(res.as_metrics(f"eval/{task.name}"))
             metrics[f"eval/{task.name}/baseline_reward"] = res.baseline_mean_score
             metrics[f"eval/{task.name}/failures"] = float(res.failures)
@@ -429,7 +490,7 @@ class Orchestrator:
         final = str(self.run_dir / "final")
         self.learner.save(final)
         self.logger.close()
-        if self.sampler is not None:
+        if self.sampler is not None and self._owns_sampler:
             self.sampler.close()
         return RunSummary(str(self.run_dir), self.cfg.steps, self.accuracy, final, time.perf_counter() - t_start)
 
@@ -439,15 +500,32 @@ class Orchestrator:
 
     def start(self) -> None:
         """Step 0: check the sampler against the learner, evaluate the seed, make offline rollouts."""
+        if not self._owns_sampler:  # a shared engine holds the previous run's weights
+            self.push()
         if self._remember_sampler:
             self._sampler_weights = {n: t.detach().clone() for n, t in self.learner.hf_weights()}
         gap0 = self.logprob_gap(0)
-        first = self.evaluate(0)
+        key = self._step0_key() if self._step0_cache is not None else None
+        if key is not None and key in self._step0_cache:
+            cached, baselines = self._step0_cache[key]
+            first, self._baselines = dict(cached), dict(baselines)
+        else:
+            first = self.evaluate(0)
+            if key is not None:
+                self._step0_cache[key] = (dict(first), dict(self._baselines))
         first["sync/logprob_gap"] = gap0
         self.logger.log(0, first)
         self.accuracy[0] = first.get("eval/accuracy", float("nan"))
         if self.cfg.offline:
             self.logger.log(0, {"time/offline_generate": self.prepare_offline()})
+
+    def _step0_key(self) -> str:
+        c = self.cfg
+        fields = ("eval_data", "reward", "reward_model_path", "reward_max_length", "judge", "eval_reward",
+                  "prompt_template", "chat_template", "max_tokens")
+        tasks = {n: t.model_dump(include=set(fields)) for n, t in c.tasks.items()}
+        return json.dumps({"model": str(Path(c.model).resolve()), "eval": c.eval.model_dump(), "seed": self.eval_seed,
+                           "data": c.data.model_dump(exclude={"train"}), "tasks": tasks}, sort_keys=True)
 
     # -- checkpoints -------------------------------------------------------------------------
 

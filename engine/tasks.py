@@ -43,6 +43,7 @@ class Task:
     eval_rows: list[PromptRow] = field(default_factory=list)
     eval_ids: list[list[int]] = field(default_factory=list)
     reward: RewardFn | None = None  # built on the driver only
+    eval_reward: RewardFn | None = None  # eval-only scorer (TaskConfig.eval_reward), driver only
 
     @property
     def verifiable(self) -> bool:
@@ -92,34 +93,36 @@ def build_tasks(cfg: RunConfig, tokenizer, *, driver: bool = True) -> list[Task]
     specs = []
     if not cfg.tasks:
         specs.append((DEFAULT, cfg.data.train, cfg.data.eval, "math", None, None, cfg.objective, 1.0, None, None,
-                      cfg.dpo, cfg.grpo, cfg.data.prompt_template, cfg.data.chat_template))
+                      cfg.dpo, cfg.grpo, cfg.data.prompt_template, cfg.data.chat_template, None))
     for name, t in cfg.tasks.items():
         specs.append((name, t.data, t.eval_data, t.reward, t.reward_model_path, t.judge, t.objective or cfg.objective,
                       t.weight, t.samples_per_prompt, t.max_tokens, t.dpo or cfg.dpo, t.grpo or cfg.grpo,
-                      t.prompt_template, t.chat_template))
+                      t.prompt_template, t.chat_template, t.eval_reward))
     tasks = []
     for (name, data, eval_data, source, rm_path, judge, objective, weight, spp, max_tokens, dpo, grpo, template,
-         chat) in specs:
+         chat, eval_source) in specs:
 
         def encode(row: PromptRow, template=template, chat=chat) -> list[int]:
             return encode_formatted_prompt(tokenizer, row.prompt, template=template, chat=chat)
 
         rows = load_prompts(data)
         eval_rows = load_prompts(eval_data)[: cfg.eval.max_prompts] if eval_data else []
-        reward = None
+        reward = eval_reward = None
         if driver:
             judge_cfg = None
             if judge is not None:
                 from engine.rewards.judge import JudgeConfig
 
                 judge_cfg = JudgeConfig(**judge.model_dump())
-            reward = build_reward(source, path=rm_path, judge=judge_cfg,
-                                  max_length=cfg.tasks[name].reward_max_length if name in cfg.tasks else 2048)
+            max_length = cfg.tasks[name].reward_max_length if name in cfg.tasks else 2048
+            reward = build_reward(source, path=rm_path, judge=judge_cfg, max_length=max_length)
+            if eval_source:
+                eval_reward = build_reward(eval_source, path=rm_path, judge=judge_cfg, max_length=max_length)
         tasks.append(Task(
             name=name, objective=objective, weight=weight, reward_source=source,
             samples_per_prompt=spp or r.samples_per_prompt, max_tokens=max_tokens or r.max_tokens, dpo=dpo,
             grpo=grpo, rows=rows, ids=[encode(x) for x in rows], eval_rows=eval_rows,
-            eval_ids=[encode(x) for x in eval_rows], reward=reward,
+            eval_ids=[encode(x) for x in eval_rows], reward=reward, eval_reward=eval_reward,
         ))  # fmt: skip
     return tasks
 
@@ -132,16 +135,17 @@ class TaskSampleStats:
     rewards: dict[str, list[float]] = field(default_factory=dict)  # task -> kept rewards (metrics)
 
 
-def sample_tasks(tasks: Sequence[Task], streams: Sequence, sampler, *, prompts_per_step: int, step: int,
-                 version: int, temperature: float, top_p: float, stop_token_ids: list[int], seed: int,
-                 rng: random.Random) -> tuple[list[TaskBatch], list[Rollout], TaskSampleStats]:
-    """One step's rollouts for every task (driver only): each task's share of the prompts
-    (`split_prompts`), `samples_per_prompt` responses each, rewards from the task's source, and
-    the task's training units. `streams[i]` hands out task i's prompt indices (`take(k)`)."""
+def sample_task_groups(tasks: Sequence[Task], streams: Sequence, sampler, *, prompts_per_step: int, step: int,
+                       version: int, temperature: float, top_p: float, stop_token_ids: list[int],
+                       seed: int) -> tuple[list[list[list[Rollout]]], TaskSampleStats]:
+    """One step's scored rollouts for every task (driver only): each task's share of the prompts
+    (`split_prompts`), `samples_per_prompt` responses each, rewards from the task's source.
+    `streams[i]` hands out task i's prompt indices (`take(k)`). Returns, per task, its groups
+    (one per prompt; samples whose judgement failed are dropped)."""
     import time
 
     counts = split_prompts([t.weight for t in tasks], prompts_per_step)
-    parts, every, stats = [], [], TaskSampleStats()
+    task_groups, stats = [], TaskSampleStats()
     for t, (task, stream, k) in enumerate(zip(tasks, streams, counts, strict=True)):
         indices = stream.take(k)
         outs = sampler.generate(
@@ -168,6 +172,12 @@ def sample_tasks(tasks: Sequence[Task], streams: Sequence, sampler, *, prompts_p
                 ))  # fmt: skip
             groups.append(kept)
         stats.rewards[task.name] = [r.reward for g in groups for r in g]
-        every.extend(r for g in groups for r in g)
-        parts.append(task.to_part(groups, rng))
-    return parts, every, stats
+        task_groups.append(groups)
+    return task_groups, stats
+
+
+def build_parts(tasks: Sequence[Task], task_groups: Sequence[Sequence[Sequence[Rollout]]],
+                rng: random.Random) -> tuple[list[TaskBatch], list[Rollout]]:
+    """Each task's training units from its scored groups, and every rollout (for metrics)."""
+    parts = [task.to_part(groups, rng) for task, groups in zip(tasks, task_groups, strict=True)]
+    return parts, [r for groups in task_groups for g in groups for r in g]

@@ -99,3 +99,10 @@ def note_quality(row: PromptRow, response: str) -> float:
                 if form == text:
                     best = gq + rq + cq if best is None else max(best, gq + rq + cq)
     return float(best) if best is not None else -4.0
+
+
+def gold_quality(prompts, responses, rows) -> list[float]:
+    """`note_quality` as a callable scorer (reward/eval_reward `engine.data.chat:gold_quality`):
+    the CPU chat task's gold judge, the stand-in for the paper's GPT-4 judge. Used to evaluate,
+    never as a training reward in the sweep."""
+    return [note_quality(row, text) for row, text in zip(rows, responses, strict=True)]

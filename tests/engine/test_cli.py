@@ -87,3 +87,23 @@ def test_model_dir_without_config_or_weights(seed_model, tmp_path):
 def test_prompt_the_tokenizer_cannot_encode(seed_model, tmp_path):
     data = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q: Zoë has 3 apples.\nA:", "response": " 3"}])
     _fails_with(_cli("score", "--model", seed_model, "--data", data, "--out", tmp_path / "o.jsonl"), "ë")
+
+
+def test_eval_scored_task_against_a_baseline(seed_model, tmp_path):
+    """`semionline eval --reward ...`: mean score and win rates against the baseline model's
+    responses, as JSON and a markdown table. The scorer here is the chat task's hidden rule (a
+    callable reward); the model is its own baseline, so its notes score like the baseline's."""
+    from engine.data.chat import chat_prompts, heldout_size
+    from engine.data.prompts import write_jsonl
+
+    write_jsonl(tmp_path / "chat.jsonl", chat_prompts(heldout_size(), split="heldout"))
+    args = ["eval", "--model", seed_model, "--data", tmp_path / "chat.jsonl", "--reward", "engine.data.chat:gold_quality",
+            "--max-tokens", 48, "--samples", 2, "--out", tmp_path / "e.json"]
+    _fails_with(_cli(*args), "--baseline")
+    res = _cli(*args, "--baseline", seed_model)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["prompts"] == heldout_size() and out["samples"] == 2 and out["failures"] == 0
+    assert -4.0 <= out["mean_score"] <= 6.0 and -4.0 <= out["baseline_mean_score"] <= 6.0
+    assert 0.2 <= out["win_rate"] <= 0.8 and 0.0 <= out["lc_win_rate"] <= 1.0
+    assert "| win rate | LC win rate |" in res.stdout and f"| {seed_model} | {heldout_size()} | 2 |" in res.stdout

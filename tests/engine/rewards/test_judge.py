@@ -51,16 +51,17 @@ def _serve(script: _Script):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             msg = body["messages"][0]["content"]
             with script.lock:
+                n = script.calls[msg] = script.calls.get(msg, 0) + 1
+            if "slow" in msg and n == 1:  # outlives the client's timeout; not counted as active, as
+                time.sleep(1.5)  # the client has given up on it and may send its retry meanwhile
+            with script.lock:
                 script.active += 1
                 script.max_active = max(script.max_active, script.active)
-                n = script.calls[msg] = script.calls.get(msg, 0) + 1
                 script.auth.append(self.headers.get("Authorization"))
             try:
                 time.sleep(0.05)
                 if "flaky" in msg and n <= 2:
                     return self._reply(503, {"error": "overloaded"})
-                if "slow" in msg and n == 1:
-                    time.sleep(1.5)
                 if "bad-request" in msg:
                     return self._reply(400, {"error": "bad"})
                 if "cut-off" in msg and n == 1:  # promise a body, send half of it, hang up
