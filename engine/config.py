@@ -97,6 +97,11 @@ class SamplerConfig(_Section):
     # time_sliced: it sleeps while the learner trains (GPU only: vLLM sleep mode; not with overlap)
     placement: Literal["resident", "time_sliced"] = "resident"
     max_logprob_gap: float = Field(1e-3, gt=0.0)  # stop the run above this after a sync
+    # How the sampler is checked against the learner after each sync. batch: on the next batch's
+    # own tokens, from the training forward pass, before the optimizer step (free; the last sync of
+    # a run, which no batch follows, gets a probe). probe: generate gap_probe_prompts samples right
+    # after the push and score them with the learner (costs a generate + a forward per sync).
+    parity_check: Literal["batch", "probe"] = "batch"
     gap_probe_prompts: int = Field(8, ge=1)
 
 

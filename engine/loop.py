@@ -45,7 +45,7 @@ from engine.data.prompts import load_prompts
 from engine.data.tokenizer import encode_prompt, load_tokenizer
 from engine.evaluate import evaluate_math, evaluate_scored
 from engine.learner.checkpoint import load_learner_state, save_learner_state
-from engine.learner.learner import Learner
+from engine.learner.learner import Learner, LogprobGapError, gap_error  # noqa: F401 (re-exported)
 from engine.metrics import MetricsLogger, truncate_metrics
 from engine.model.hf_io import check_checkpoint_dir, iter_hf_weights
 from engine.overlap import Produced, RolloutPipeline
@@ -55,10 +55,6 @@ from engine.rollout.build import build_groups, build_pairs
 from engine.rollout.types import Rollout, RolloutBatch
 from engine.sampler.vllm_engine import VLLMSampler
 from engine.tasks import build_parts, build_tasks, sample_task_groups
-
-
-class LogprobGapError(RuntimeError):
-    """The sampler disagrees with the learner after a weight push: training on it would be wrong."""
 
 
 @dataclass
@@ -368,7 +364,10 @@ class Orchestrator:
         with self.pipeline.sampler_lock():
             metrics = self.push(remember=self._remember_sampler)
             self.version = step
-            metrics["sync/logprob_gap"] = self.logprob_gap(step)
+            # parity_check=batch: the next batch is checked in the training pass (Learner); the
+            # last sync of the run has no next batch, so it gets the probe.
+            if self.cfg.sampler.parity_check == "probe" or step == self.cfg.steps:
+                metrics["sync/logprob_gap"] = self.logprob_gap(step)
             self.pipeline.publish_version(step)
         metrics["sync/version"] = float(step)
         metrics["sync/param_bytes"] = float(self.learner.param_bytes)
@@ -390,11 +389,7 @@ class Orchestrator:
         diffs = torch.cat([(lp - torch.tensor(s)).abs() for lp, (_, _, s) in zip(learner, probe, strict=True)])
         gap = float(diffs.mean()) if diffs.numel() else 0.0
         if gap > self.cfg.sampler.max_logprob_gap:
-            raise LogprobGapError(
-                f"after the weight push at step {step} the sampler's log-probs differ from the learner's by "
-                f"{gap:.2e} on average (limit sampler.max_logprob_gap={self.cfg.sampler.max_logprob_gap:.0e}); "
-                "the sampler does not hold the learner's weights — stopping instead of training on it"
-            )
+            raise gap_error(gap, self.cfg.sampler.max_logprob_gap, f"after the weight push at step {step}")
         return gap
 
     # -- evaluation --------------------------------------------------------------------------
@@ -592,13 +587,22 @@ class Orchestrator:
         for done in [k for k in list(self._stream_state) if k < step]:
             del self._stream_state[done]
         t1 = time.perf_counter()
+        fresh = batch.version == self.learner.step  # sampled with the learner's current weights
         metrics.update(self.train_step(batch))
+        gaps = [metrics["parity/batch_gap"]] if "parity/batch_gap" in metrics else []
+        if (not gaps and fresh and batch.version > 0 and self.learner.last_step_skipped
+                and self.cfg.sampler.parity_check == "batch"):  # no training pass saw the batch
+            gaps.append(self.logprob_gap(step))  # the weights are still those of the sync
         t2 = time.perf_counter()
         metrics["time/train"] = t2 - t1
         metrics["time/sync"] = 0.0
         if self.cfg.sync_due(step):
             metrics.update(self.sync_weights(step))
             metrics["time/sync"] = time.perf_counter() - t2
+        if "sync/logprob_gap" in metrics:
+            gaps.append(metrics["sync/logprob_gap"])
+        if gaps:
+            metrics["sync/logprob_gap"] = max(gaps)
         metrics["time/at_step_start"], metrics["time/at_train_start"] = t0 - self._clock0, t1 - self._clock0
         metrics["time/at_train_end"], metrics["time/at_sync_end"] = t2 - self._clock0, time.perf_counter() - self._clock0
         metrics.update(rollout_metrics(batch, self.version))

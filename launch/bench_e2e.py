@@ -85,7 +85,7 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         mean["param_bytes"] = syncs[-1]["sync/param_bytes"]
         mean["push_seconds"] = statistics.mean(r["sync/seconds"] for r in syncs)
         mean["sync_seconds"] = statistics.mean(r["time/sync"] for r in syncs)
-        mean["gap_max"] = max(r["sync/logprob_gap"] for r in syncs)
+        mean["gap_max"] = max(r["sync/logprob_gap"] for r in rows if "sync/logprob_gap" in r)
     return mean
 
 

@@ -39,6 +39,30 @@ def _k3(ref: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
     return delta.exp() - delta - 1.0
 
 
+class LogprobGapError(RuntimeError):
+    """The sampler disagrees with the learner after a weight push: training on it would be wrong."""
+
+
+def gap_error(gap: float, limit: float, where: str) -> LogprobGapError:
+    return LogprobGapError(
+        f"{where} the sampler's log-probs differ from the learner's by {gap:.2e} on average (limit "
+        f"sampler.max_logprob_gap={limit:.0e}); the sampler does not hold the learner's weights — stopping "
+        "instead of training on it")
+
+
+def fresh_gap(seqs: Sequence[Rollout], pol_tok: torch.Tensor, step: int) -> tuple[float, int]:
+    """Sum and count of |learner - sampler| log-prob over the tokens of the rollouts that were
+    sampled with the learner's current weights (version == step): the parity check on the batch
+    itself, from the training forward pass (`pol_tok`: the responses' tokens, in `seqs` order)."""
+    fresh = [r.version == step for r in seqs]
+    if not any(fresh):
+        return 0.0, 0
+    behaviour = torch.tensor([lp for r in seqs for lp in r.behaviour_logprobs], dtype=torch.float32)
+    mask = torch.repeat_interleave(torch.tensor(fresh), torch.tensor([len(r.response_ids) for r in seqs]))
+    diff = (pol_tok.detach().float() - behaviour)[mask].abs()
+    return float(diff.sum()), int(diff.numel())
+
+
 class Learner:
     def __init__(self, cfg: RunConfig, mesh: Mesh):
         self.cfg = cfg
@@ -51,6 +75,8 @@ class Learner:
         self.policy_passes = PipelinedModel(self.policy, impl=self.kernels, autocast=self._autocast)
         self.reference_passes = PipelinedModel(self.reference, impl=self.kernels, autocast=self._autocast)
         self.step = 0
+        self._parity = [0.0, 0]  # this step's fresh-token |learner - sampler| sum and count
+        self.last_step_skipped = False
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -71,7 +97,21 @@ class Learner:
 
     # -- optimizer steps -------------------------------------------------------------------
 
+    def _parity_metrics(self) -> dict[str, float]:
+        """The batch parity check: before the optimizer step (`sampler.parity_check=batch`), a gap
+        above the limit stops the run on every rank (the sums are reduced over the mesh)."""
+        total, n = self._parity
+        self._parity = [0.0, 0]
+        if not n:
+            return {}
+        gap, limit = total / n, self.cfg.sampler.max_logprob_gap
+        if self.cfg.sampler.parity_check == "batch" and gap > limit:
+            raise gap_error(gap, limit, f"on the batch of optimizer step {self.step + 1} (sampled right after a sync)")
+        return {"parity/batch_gap": gap, "parity/batch_tokens": float(n)}
+
     def _finish_step(self) -> dict[str, float]:
+        parity = self._parity_metrics()
+        self.last_step_skipped = False
         sync_gradients(self.policy)
         grad_norm = clip_grad_norm(self.policy.parameters(), self.cfg.optim.grad_clip, self.mesh.tp_group,
                                    self.mesh.pp_group)
@@ -80,11 +120,13 @@ class Learner:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"train/grad_norm": grad_norm, "train/lr": lr}
+        return {"train/grad_norm": grad_norm, "train/lr": lr, **parity}
 
     def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:
         """No training signal this step (e.g. every prompt's rewards were equal): no update, but the
         step counts so `s` keeps its meaning. Loss-side metrics are NaN (null in metrics.jsonl)."""
+        self._parity = [0.0, 0]
+        self.last_step_skipped = True
         self.step += 1
         self.scheduler.step()
         nan = float("nan")
@@ -147,7 +189,8 @@ class Learner:
         """Forward + backward of the DPO loss on `pairs` (times `scale`), no optimizer step."""
         pairs_per_micro = max(1, self.cfg.learner.micro_batch_size // 2)
         total = len(pairs)
-        sums = dict(loss=0.0, chosen=0.0, rejected=0.0, margin=0.0, acc=0.0, kl=0.0, ent=0.0, tokens=0)
+        sums = dict(loss=0.0, chosen=0.0, rejected=0.0, margin=0.0, acc=0.0, kl=0.0, ent=0.0, tokens=0, gap=0.0,
+                    gap_tokens=0)
         chunks = list(_chunks(list(dp_share(pairs, self.mesh)), pairs_per_micro))
         batches = [pack([r.prompt_ids for r in seqs], [r.response_ids for r in seqs])
                    for seqs in ([p.chosen for p in chunk] + [p.rejected for p in chunk] for chunk in chunks)]
@@ -169,10 +212,15 @@ class Learner:
             sums["kl"] += float(_k3(ref_tok, pol_tok.detach()).sum())
             sums["ent"] += float(entropy.sum())
             sums["tokens"] += int(batch.targets.numel())
+            gap, gap_n = fresh_gap([p.chosen for p in chunks[i]] + [p.rejected for p in chunks[i]], pol_tok, self.step)
+            sums["gap"] += gap
+            sums["gap_tokens"] += gap_n
             return terms.loss.sum() / total if scale == 1.0 else terms.loss.sum() * (scale / total)
 
         self.policy_passes.train(batches, micro_loss)
         sums = reduce_sums(sums, self.mesh)
+        self._parity[0] += sums["gap"]
+        self._parity[1] += int(sums["gap_tokens"])
         tokens = max(sums["tokens"], 1)
         metrics = {
             "train/loss": sums["loss"] / total,
@@ -201,7 +249,7 @@ class Learner:
         if c.tis_cap is not None:  # ratio against the pre-update learner, TIS weight vs sampler
             old_learner = self.policy_passes.logprobs(batches)
         ref_tok = self.reference_passes.logprobs(batches)
-        sums = dict(loss=0.0, clipped=0.0, kl=0.0, ent=0.0, ratio=0.0, tis=0.0)
+        sums = dict(loss=0.0, clipped=0.0, kl=0.0, ent=0.0, ratio=0.0, tis=0.0, gap=0.0, gap_tokens=0)
 
         def micro_loss(i: int, pol: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:  # last stage
             chunk, batch, ref = chunks[i], batches[i], ref_tok[i]
@@ -226,10 +274,15 @@ class Learner:
             sums["ratio"] += float(terms.ratio.sum())
             if tis is not None:
                 sums["tis"] += float(tis.sum())
+            gap, gap_n = fresh_gap([r for r, _ in chunk], pol, self.step)
+            sums["gap"] += gap
+            sums["gap_tokens"] += gap_n
             return terms.loss * scale if scale != 1.0 else terms.loss
 
         self.policy_passes.train(batches, micro_loss)
         sums = reduce_sums(sums, self.mesh)
+        self._parity[0] += sums["gap"]
+        self._parity[1] += int(sums["gap_tokens"])
         metrics = {
             "train/loss": sums["loss"],
             "train/sequences": float(len(items)),
