@@ -48,6 +48,8 @@ class RunState:
     pending: list[RolloutBatch] = field(default_factory=list)  # rollouts made, not yet trained on (offline)
     torch_rng: list[torch.Tensor] = field(default_factory=list)  # per global rank
     world_size: int = 1
+    task_streams: list[tuple] = field(default_factory=list)  # multi-task: each task's PromptStream state
+    baselines: dict = field(default_factory=dict)  # scored tasks: the seed's eval responses (win rates)
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:

@@ -224,8 +224,6 @@ class RunConfig(_Section):
     def _check_tasks(self) -> RunConfig:
         if self.offline_rollouts and not self.offline:
             raise ValueError("offline_rollouts is the seed's rollout pool of an offline run: it needs sync_every=offline")
-        if self.tasks and self.checkpoint.every:
-            raise ValueError("tasks with checkpoint.every > 0 is not supported yet (checkpoints hold one prompt stream)")
         return self
 
     @model_validator(mode="after")

@@ -272,7 +272,7 @@ class Orchestrator:
         else:
             groups, timeouts = self._sample(self.prompts.take(self.cfg.rollout.prompts_per_step), step)
             batch = self._to_batch(step, groups, timeouts)
-        self._stream_state[step] = (self.prompts.state(), self.rng.getstate())
+        self._stream_state[step] = self._data_position()
         t1 = time.perf_counter()
         times["time/reward"] = self._reward_seconds
         times["time/generate"] = t1 - t0 - self._reward_seconds
@@ -514,6 +514,10 @@ class Orchestrator:
         if self.cfg.offline:
             self.logger.log(0, {"time/offline_generate": self.prepare_offline()})
 
+    def _data_position(self) -> tuple:
+        """Where the run is in its data: the prompt stream(s) and the pair RNG (checkpointed)."""
+        return self.prompts.state(), self.rng.getstate(), [t.state() for t in self.task_streams]
+
     def _step0_key(self) -> str:
         c = self.cfg
         fields = ("eval_data", "reward", "reward_model_path", "reward_max_length", "judge", "eval_reward",
@@ -531,12 +535,13 @@ class Orchestrator:
         save_learner_state(self.learner, tmp)
         torch_rng = checkpoint.gather_torch_rng(self.mesh)
         if self.is_driver:
-            (order, prompt_rng), pair_rng = self._stream_state.get(
-                step, (self.prompts.state(), self.rng.getstate()))  # the producer may be ahead
+            (order, prompt_rng), pair_rng, task_streams = self._stream_state.get(
+                step, self._data_position())  # the producer may be ahead
             state = checkpoint.RunState(
                 step=step, version=self.version, prompt_order=order, prompt_rng=prompt_rng,
                 pair_rng=pair_rng, accuracy=dict(self.accuracy), pending=self._offline[step:],
-                torch_rng=torch_rng, world_size=self.mesh.world_size,
+                torch_rng=torch_rng, world_size=self.mesh.world_size, task_streams=task_streams,
+                baselines=dict(self._baselines),
             )  # fmt: skip
             torch.save(state, tmp / "run_state.pt")
             if self.version not in (0, step):  # the sampler holds weights no other file has
@@ -555,6 +560,9 @@ class Orchestrator:
             raise RuntimeError(f"{ckpt_dir}: learner step {self.learner.step} != run step {state.step}")
         self.start_step, self.version = state.step, state.version
         self.prompts.restore(state.prompt_order, state.prompt_rng)
+        for stream, (order, rng_state) in zip(self.task_streams, getattr(state, "task_streams", None) or [], strict=False):
+            stream.restore(order, rng_state)
+        self._baselines = dict(getattr(state, "baselines", None) or {})  # the seed's eval responses
         self.rng.setstate(state.pair_rng)
         self.accuracy = dict(state.accuracy)
         self._offline = [None] * state.step + list(state.pending)  # indexed by step - 1

@@ -63,21 +63,39 @@ def _comparable(row):
     return {k: v for k, v in row.items() if not k.startswith("time/") and k != "sync/seconds"}
 
 
+def _multitask_args(tmp_path, seed_model) -> list[str]:
+    """Math (GRPO) + chat (DPO against a reward model): two prompt streams, and the seed's eval
+    responses that the chat win rates compare against, all in the checkpoint."""
+    from engine.data.chat import chat_prompts, heldout_size
+    from engine.data.prompts import write_jsonl
+    from engine.rm_train import train_reward_model
+
+    write_jsonl(tmp_path / "chat_train.jsonl", chat_prompts(40, split="rl"))
+    write_jsonl(tmp_path / "chat_eval.jsonl", chat_prompts(heldout_size(), split="heldout")[:8])
+    train_reward_model(tmp_path / "rm", steps=5, pairs_per_step=8, n_heldout_pairs=8, progress=False)
+    return [f"tasks.math.data={seed_model}/data/train.jsonl", f"tasks.math.eval_data={seed_model}/data/heldout.jsonl",
+            f"tasks.chat.data={tmp_path}/chat_train.jsonl", f"tasks.chat.eval_data={tmp_path}/chat_eval.jsonl",
+            "tasks.chat.reward=reward_model", f"tasks.chat.reward_model_path={tmp_path}/rm", "tasks.chat.objective=dpo"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("overlap", [False, True])
-def test_kill_9_mid_step_then_resume_reproduces_the_run(seed_model, tmp_path, overlap):
+@pytest.mark.parametrize("mode", ["sync", "overlap", "multitask"])
+def test_kill_9_mid_step_then_resume_reproduces_the_run(seed_model, tmp_path, mode):
     """With overlap the producer is ahead of the learner when checkpoints are written (it made
-    step 4's batch during step 3): the checkpoint must hold the learner's data position."""
+    step 4's batch during step 3): the checkpoint must hold the learner's data position. The
+    multi-task run also needs every task's prompt stream and the seed's eval responses back."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     a, b = tmp_path / "a", tmp_path / "b"
-    mode = f"overlap={str(overlap).lower()}"
+    extra = [f"overlap={str(mode == 'overlap').lower()}"]
+    if mode == "multitask":
+        extra += _multitask_args(tmp_path, seed_model)
     done = subprocess.run(
-        _train_cmd(seed_model, "--run-dir", a, mode), capture_output=True, text=True, timeout=600, env=env
+        _train_cmd(seed_model, "--run-dir", a, *extra), capture_output=True, text=True, timeout=600, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
     proc = subprocess.Popen(
-        _train_cmd(seed_model, "--run-dir", b, mode),
+        _train_cmd(seed_model, "--run-dir", b, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -115,4 +133,6 @@ def test_kill_9_mid_step_then_resume_reproduces_the_run(seed_model, tmp_path, ov
     wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
     assert all((wa[n] == wb[n]).all() for n in wa)
     assert (b / "checkpoints" / "latest").read_text() == "step-000004"
+    if mode == "multitask":
+        assert "eval/chat/win_rate" in rows_b[4] and "reward/mean/chat" in rows_b[4]
     assert len(list((b / "checkpoints").glob("step-*"))) == 2  # checkpoint.keep
