@@ -308,7 +308,7 @@ def write_report(sweep, *, wall_seconds: float | None = None, quick: bool = Fals
     from engine.sweep import is_done, slug
 
     methods = list(sweep.methods)
-    done = {spec.run_dir for spec, cfg in sweep.validate() if is_done(spec.run_dir, cfg)}
+    done = {spec.run_dir for spec in sweep.runs() if is_done(spec)}
     runs = collect(sweep.out, sweep.tasks, methods, sweep.seeds, slug, done)
     table_lines, data = tables(runs, methods)
     plots = []

@@ -59,14 +59,14 @@ def test_stats_and_welch():
     assert compare(Stat([1.0]), b)[1] is None
 
 
-def _fake_run(path: Path, final: dict, cfg, steps: int = 4) -> None:
+def _fake_run(path: Path, final: dict, spec, steps: int = 4) -> None:
     path.mkdir(parents=True)
     rows = [{"step": 0, **{k: 0.2 for k in final}}]
     rows += [{"step": t, "reward/mean/math": 0.1 * t, "policy/entropy/math": 1.0, "response/length": 20.0}
              for t in range(1, steps)]
     rows.append({"step": steps, **final})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (path / "summary.json").write_text(json.dumps({"config_hash": config_hash(cfg)}))
+    (path / "summary.json").write_text(json.dumps({"config_hash": config_hash(spec)}))
 
 
 def test_report_tables_claims_and_plots(tmp_path):
@@ -76,7 +76,7 @@ def test_report_tables_claims_and_plots(tmp_path):
     sweep.tasks = {"math": sweep.tasks["math"]}
     sweep.methods = {k: sweep.methods[k] for k in ("offline DPO", "online DPO", "online GRPO")}
     finals = {"offline DPO": [0.20, 0.22, 0.21], "online DPO": [0.30, 0.31, 0.32], "online GRPO": [0.25, 0.35, 0.30]}
-    cfgs = {(s.method, s.seed): cfg for s, cfg in sweep.validate()}
+    cfgs = {(s.method, s.seed): s for s in sweep.runs()}
     for method, accs in finals.items():
         for seed, acc in enumerate(accs):
             _fake_run(tmp_path / "math" / slug(method) / f"seed{seed}", {"eval/math/accuracy": acc}, cfgs[method, seed])
