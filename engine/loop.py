@@ -66,6 +66,9 @@ class RunSummary:
     seconds: float
 
 
+RANK_TIMES = ("time/train", "time/sync", "time/idle", "time/eval", "time/step")  # logged per rank under torchrun
+
+
 class PromptStream:
     """Shuffled passes over the training prompts, deterministic by seed."""
 
@@ -620,6 +623,12 @@ class Orchestrator:
             metrics.update(self.evaluate(step))
             metrics["time/eval"] = time.perf_counter() - t3
         metrics["time/step"] = time.perf_counter() - t0
+        if self.mesh.world_size > 1:  # per-rank phase times (profiling: who waits for whom)
+            mine = {k: metrics[k] for k in RANK_TIMES if k in metrics}
+            every = [None] * self.mesh.world_size
+            dist.all_gather_object(every, mine)
+            for rank, theirs in enumerate(every):
+                metrics.update({f"rank{rank}/{k}": v for k, v in theirs.items()})
         return metrics
 
 

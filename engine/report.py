@@ -338,6 +338,9 @@ def write_report(sweep, *, wall_seconds: float | None = None, quick: bool = Fals
     body = ["", "## Results", *table_lines, "", "## The paper's claims, checked here",
             "A gap counts when it exceeds twice its standard error over seeds (Welch).", *claims(runs, methods),
             "", "## Plots", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    if sweep.discussion is not None and sweep.discussion.is_file() and not quick:
+        body += ["## Discussion", f"*(from `{sweep.discussion}`, written by a person after reading the numbers above)*",
+                 "", sweep.discussion.read_text().strip(), ""]
     out = sweep.out / "report.md"
     out.write_text("\n".join(head + body))
     (sweep.out / "report.json").write_text(json.dumps(data, indent=2))

@@ -79,7 +79,7 @@ def slug(text: str) -> str:
 
 
 _TOP_KEYS = {"out", "seed_model", "seed_recipe", "reward_model", "reward_model_steps", "seeds", "base", "tasks",
-             "methods", "quick"}
+             "methods", "quick", "discussion"}
 
 
 @dataclass
@@ -93,6 +93,7 @@ class Sweep:
     base: dict
     tasks: dict[str, dict]
     methods: dict[str, dict]
+    discussion: Path | None = None  # a markdown file appended to the report (a person's reading of it)
 
     @classmethod
     def load(cls, path: str | Path, *, quick: bool = False, out: str | None = None) -> Sweep:
@@ -124,7 +125,8 @@ class Sweep:
                    seed_recipe=dict(tree.get("seed_recipe") or {}),
                    reward_model=Path(tree["reward_model"]) if tree.get("reward_model") else None,
                    reward_model_steps=int(tree.get("reward_model_steps", 300)), seeds=list(tree["seeds"]),
-                   base=tree["base"], tasks=tree["tasks"], methods=tree["methods"])
+                   base=tree["base"], tasks=tree["tasks"], methods=tree["methods"],
+                   discussion=Path(tree["discussion"]) if tree.get("discussion") else None)
 
     def runs(self) -> list[RunSpec]:
         values = {"seed_model": self.seed_model, "reward_model": self.reward_model or ""}

@@ -18,7 +18,9 @@ what the run uses) against a plain vLLM `LLM.generate` on the same model, batch 
 arguments (median of `--repeat` after a warm-up each, one engine after the other in this
 process), and the resident-memory peak of one weight push (`VmHWM` reset through
 /proc/self/clear_refs). A timeline PNG (a bar per phase per step, one row per mode) is written next
-to `--out`. Under torchrun the driver (rank 0) logs the metrics: the figures are rank 0's.
+to `--out`. `--nproc N` launches each mode under torchrun (layout by overrides, e.g.
+`learner.tp=2`); the step figures are the driver's (rank 0), and a per-rank table (train / sync /
+idle / wall per rank, from the `rank<r>/time/*` metrics) shows who waits for whom.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ COLORS = {"generate": "tab:blue", "train": "tab:orange", "sync": "tab:red"}
 
 def run_mode(args, overlap: bool, out: Path) -> list[dict]:
     run_dir = out / f"overlap_{str(overlap).lower()}"
-    cmd = [sys.executable, "-m", "engine.cli", "train", "--config", args.config, "--run-dir", str(run_dir),
+    launcher = [sys.executable]
+    if args.nproc > 1:  # torchrun: the overrides pick the layout (learner.tp / learner.pp; DP = the rest)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc)]
+    cmd = [*launcher, "-m", "engine.cli", "train", "--config", args.config, "--run-dir", str(run_dir),
            f"steps={args.steps}", f"sync_every={args.sync_every}", f"overlap={str(overlap).lower()}",
            "eval.every=0", "eval.max_prompts=16", *args.overrides]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -74,6 +79,30 @@ def print_table(name: str, rows: list[dict]) -> None:
               f"{p['efficiency']:>5.2f}")
 
 
+def per_rank(rows: list[dict]) -> dict[int, dict[str, float]]:
+    """Mean per-rank phase times over steps 2.. (torchrun runs log `rank<r>/time/*`)."""
+    steady = rows[1:] or rows
+    ranks = sorted({int(k[4:].split("/")[0]) for r in steady for k in r if k.startswith("rank")})
+    out = {}
+    for rank in ranks:
+        out[rank] = {}
+        for phase in ("train", "sync", "idle", "step", "eval"):
+            vals = [r.get(f"rank{rank}/time/{phase}", 0.0) for r in steady]
+            out[rank][phase] = statistics.mean(vals)
+        out[rank]["wall"] = out[rank]["step"] - out[rank]["eval"]
+    return out
+
+
+def print_per_rank(name: str, rows: list[dict]) -> None:
+    table = per_rank(rows)
+    if not table:
+        return
+    print(f"\n{name}: per rank (mean over steps 2.., seconds; idle = waiting for the batch from rank 0)")
+    print(f"{'rank':>4} {'train':>7} {'sync':>6} {'idle':>6} {'wall':>6}")
+    for rank, p in table.items():
+        print(f"{rank:>4} {p['train']:>7.3f} {p['sync']:>6.3f} {p['idle']:>6.3f} {p['wall']:>6.3f}")
+
+
 def summarize(rows: list[dict]) -> dict[str, float]:
     steady = [phases(r) for r in rows[1:]] or [phases(r) for r in rows]
     mean = {k: statistics.mean(p[k] for p in steady) for k in steady[0]}
@@ -86,6 +115,11 @@ def summarize(rows: list[dict]) -> dict[str, float]:
         mean["push_seconds"] = statistics.mean(r["sync/seconds"] for r in syncs)
         mean["sync_seconds"] = statistics.mean(r["time/sync"] for r in syncs)
         mean["gap_max"] = max(r["sync/logprob_gap"] for r in rows if "sync/logprob_gap" in r)
+        # The sync's share of the step, steps 2..N-1 (the run's last sync also runs the parity
+        # probe: no batch follows it to check the weights on).
+        middle = [phases(r) for r in rows[1:-1] if "sync/bytes" in r]
+        if middle:
+            mean["sync_share"] = statistics.mean(p["sync"] for p in middle) / statistics.mean(p["wall"] for p in middle)
     return mean
 
 
@@ -197,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/bench_e2e")
     ap.add_argument("--repeat", type=int, default=3, help="standalone-throughput repeats (after a warm-up)")
     ap.add_argument("--no-standalone", action="store_true")
+    ap.add_argument("--nproc", type=int, default=1, help="ranks (torchrun); the per-rank table is printed too")
     ap.add_argument("overrides", nargs="*", help="config overrides (key=value), after --")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -206,16 +241,22 @@ def main(argv: list[str] | None = None) -> None:
     summary = {}
     for name, rows in runs.items():
         print_table(name, rows)
+        print_per_rank(name, rows)
         summary[name] = summarize(rows)
+        if per_rank(rows):
+            summary[name]["per_rank"] = per_rank(rows)
     print("\nsummary (mean over steps 2.., eval excluded)")
     for name, s in summary.items():
         line = (f"{name}: wall {s['wall']:.3f} s, generate+reward {s['generate'] + s['reward']:.3f} s, train "
                 f"{s['train']:.3f} s, overlap ratio wall/max(gen,train) {s['overlap_ratio']:.3f}, "
                 f"efficiency {s['efficiency']:.2f}")
         if "sync_bytes" in s:
-            line += (f"; push {s['push_seconds']:.3f} s + probe = sync {s['sync_seconds']:.3f} s per sync, "
+            line += (f"; push {s['push_seconds']:.3f} s, sync (push + version publish, probe on the last) "
+                     f"{s['sync_seconds']:.3f} s per sync, "
                      f"{s['sync_bytes']:.0f} bytes/sync vs {s['param_bytes']:.0f} parameter bytes, "
                      f"max gap {s['gap_max']:.1e}")
+            if "sync_share" in s:
+                line += f"; sync share of the step (steps 2..N-1) {100 * s['sync_share']:.1f}%"
         print(line)
     if len(summary) == 2:
         off, on = summary["overlap=False"], summary["overlap=True"]

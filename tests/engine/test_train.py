@@ -112,3 +112,5 @@ def test_overlap_grpo_dp2_under_torchrun(seed_model, tmp_path):
     steps = {r["step"]: r for r in rows if r["step"] > 0}
     assert [steps[s]["rollout/version"] for s in (1, 2, 3)] == [0, 0, 2]
     assert steps[3]["sync/logprob_gap"] <= 1e-3  # the sync at step 2, checked on step 3's batch (DP-reduced)
+    for s in (1, 2, 3):  # per-rank phase times: rank 1 waits (idle) while rank 0 generates
+        assert all(f"rank{r}/time/{k}" in steps[s] for r in (0, 1) for k in ("train", "idle", "sync", "step"))
