@@ -75,13 +75,13 @@ def _columns(final: dict, subtasks: list[str]) -> list[tuple[str, str]]:
     return cols
 
 
-def primary_key(subtask: str, final: dict) -> str | None:
-    """The metric a claim is judged on: accuracy (math), else the gold judge's score, else the
-    training reward model's score."""
-    for key in (f"eval/{subtask}/accuracy", f"eval/{subtask}/gold/score", f"eval/{subtask}/reward"):
-        if key in final:
-            return key
-    return None
+def claim_keys(subtask: str, final: dict) -> list[str]:
+    """The metrics a claim is judged on: accuracy (math); for scored tasks the gold judge's score
+    (what a person would call quality) and the training reward model's score (what the methods
+    optimise; the paper's own comparisons of on- and off-policy training are on such rewards)."""
+    if f"eval/{subtask}/accuracy" in final:
+        return [f"eval/{subtask}/accuracy"]
+    return [k for k in (f"eval/{subtask}/gold/score", f"eval/{subtask}/reward") if k in final]
 
 
 @dataclass
@@ -159,10 +159,7 @@ def claims(runs: list[TaskRuns], methods: list[str]) -> list[str]:
 
     for t in runs:
         final = t.any_final_row()
-        for sub in t.subtasks:
-            key = primary_key(sub, final)
-            if key is None:
-                continue
+        for sub, key in [(x, k) for x in t.subtasks for k in claim_keys(x, final)]:
             lines.append(f"\n**{t.name}, {sub} ({key})**")
             for m in semi_dpo:
                 if online_dpo:
@@ -177,10 +174,9 @@ def claims(runs: list[TaskRuns], methods: list[str]) -> list[str]:
     if multi is not None:
         final = multi.any_final_row()
         lines.append(f"\n**Multi-task ({multi.name}) against single-task training, method by method**")
-        for sub in multi.subtasks:
+        for sub, key in [(x, k) for x in multi.subtasks for k in claim_keys(x, final)]:
             single = next((t for t in runs if t.subtasks == [sub]), None)
-            key = primary_key(sub, final)
-            if single is None or key is None:
+            if single is None:
                 continue
             for m in methods:
                 sa, sb = multi.final(m, key), single.final(m, key)
