@@ -170,8 +170,7 @@ def claims(runs: list[TaskRuns], methods: list[str]) -> list[str]:
             for m in grpo:
                 if online_dpo:
                     lines.append(line(t, key, m, online_dpo, "alike", "GRPO is close to online DPO"))
-    multi = next((t for t in runs if len(t.subtasks) > 1), None)
-    if multi is not None:
+    for multi in [t for t in runs if len(t.subtasks) > 1 and t.methods]:
         final = multi.any_final_row()
         lines.append(f"\n**Multi-task ({multi.name}) against single-task training, method by method**")
         for sub, key in [(x, k) for x in multi.subtasks for k in claim_keys(x, final)]:
@@ -316,13 +315,13 @@ def write_report(sweep, *, wall_seconds: float | None = None, quick: bool = Fals
             plots.append(p)
         plots.append(plot_dynamics(t, methods, sweep.out / f"{slug(t.name)}_dynamics.png"))
     done = sum(len(v) for t in runs for v in t.methods.values())
-    total = len(sweep.tasks) * len(methods) * len(sweep.seeds)
+    total = len(sweep.runs())
     steps = sweep.base.get("steps")
     head = [
         f"# Sweep report: {sweep.out}", "",
         ("**Quick mode** (CI smoke run: one seed, a few steps). The numbers say nothing about the methods." if quick
          else "The paper's comparison (Lanchantin et al., 2025) at CPU scale."),
-        "", f"- Runs: {done} of {total} done ({len(sweep.tasks)} tasks × {len(methods)} methods × "
+        "", f"- Runs: {done} of {total} done ({len(sweep.tasks)} tasks × up to {len(methods)} methods × "
         f"{len(sweep.seeds)} seeds {sweep.seeds}); {steps} optimizer steps each, from the seed model "
         f"`{sweep.seed_model}`.",
         "- Held-out metrics at the final step; every run is evaluated with the same eval seed, so the seed "

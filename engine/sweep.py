@@ -6,8 +6,9 @@ report (engine/report.py).
     semionline sweep --config configs/paper_cpu.yaml --report-only
 
 A sweep file names the seed model and reward model (built when missing), the seeds, a `base` run
-config shared by every run, `tasks` (each a partial run config: its `tasks:` section) and
-`methods` (each a partial run config: objective, sync_every, ...). A run's config is base, then
+config shared by every run, `tasks` (each a partial run config: its `tasks:` section, plus an
+optional `methods: [...]` to run only some methods on it) and `methods` (each a partial run
+config: objective, sync_every, ...). A run's config is base, then
 task, then method, then `seed`, merged key by key, and validated like any `semionline train`
 config. `quick:` holds what `--quick` changes (seeds, base keys, a subset of methods/tasks).
 
@@ -132,7 +133,14 @@ class Sweep:
         values = {"seed_model": self.seed_model, "reward_model": self.reward_model or ""}
         specs = []
         for task, task_tree in self.tasks.items():
+            task_tree = dict(task_tree)
+            only = task_tree.pop("methods", None)  # a task may run a subset of the methods
+            unknown = [m for m in only or [] if m not in self.methods]
+            if unknown:
+                raise ConfigError(f"sweep task {task!r}: methods {unknown} are not in methods: {list(self.methods)}")
             for method, method_tree in self.methods.items():
+                if only is not None and method not in only:
+                    continue
                 for seed in self.seeds:
                     tree = _fill(_merge(_merge(_merge(self.base, task_tree), method_tree), {"seed": seed}), values)
                     tree["model"] = str(self.seed_model)
