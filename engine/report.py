@@ -303,8 +303,8 @@ def write_report(sweep, *, wall_seconds: float | None = None, quick: bool = Fals
     from engine.sweep import is_done, slug
 
     methods = list(sweep.methods)
-    done = {spec.run_dir for spec in sweep.runs() if is_done(spec)}
-    runs = collect(sweep.out, sweep.tasks, methods, sweep.seeds, slug, done)
+    done_dirs = {spec.run_dir for spec in sweep.runs() if is_done(spec)}
+    runs = collect(sweep.out, sweep.tasks, methods, sweep.seeds, slug, done_dirs)
     table_lines, data = tables(runs, methods)
     plots = []
     for t in runs:
@@ -328,6 +328,9 @@ def write_report(sweep, *, wall_seconds: float | None = None, quick: bool = Fals
         "model's row is one evaluation. *gold quality* is the chat task's hidden rule (the stand-in for the "
         "paper's GPT-4 judge; never a training reward), *RM reward* the reward model the policy was trained on.",
     ]
+    run_seconds = sum(json.loads((d / "summary.json").read_text()).get("seconds", 0.0) for d in done_dirs)
+    head.append(f"- Run time: {len(done_dirs)} runs, {run_seconds / 60:.1f} min in all (sum of the runs' wall times "
+                "on this machine; seed-model and reward-model builds not included).")
     if wall_seconds is not None:
         head.append(f"- Wall time of this sweep invocation: {wall_seconds / 60:.1f} min.")
     body = ["", "## Results", *table_lines, "", "## The paper's claims, checked here",

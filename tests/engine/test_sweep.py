@@ -23,10 +23,13 @@ PAPER = REPO / "configs" / "paper_cpu.yaml"
 def test_paper_sweep_file_expands_and_validates():
     sweep = Sweep.load(PAPER)
     runs = sweep.validate()
-    assert len(runs) == 3 * 6 * 3 + 2 * 3 and len(sweep.seeds) >= 3
+    assert len(runs) == 3 * 6 * 3 + 3 + 2 * 3 and len(sweep.seeds) >= 3
     matched = [(s, cfg) for s, cfg in runs if s.task == "multitask (data-matched)"]
     assert {s.method for s, _ in matched} == {"offline DPO", "online DPO"}
     assert all(cfg.rollout.prompts_per_step == 32 and set(cfg.tasks) == {"math", "chat"} for _, cfg in matched)
+    mixed = [cfg for s, cfg in runs if s.task == "multitask (math GRPO + chat DPO)"]
+    assert len(mixed) == 3 and all(c.objective == "grpo" and c.tasks["chat"].objective == "dpo" for c in mixed)
+    assert mixed[0].tasks["chat"].reward == "reward_model" and mixed[0].tasks["math"].objective is None
     by = {(s.task, s.method, s.seed): cfg for s, cfg in runs}
     off = by[("math", "offline DPO", 1)]
     assert off.offline and off.offline_rollouts.endswith("math/offline_rollouts.pt") and off.seed == 1
@@ -38,7 +41,7 @@ def test_paper_sweep_file_expands_and_validates():
 
     quick = Sweep.load(PAPER, quick=True)
     qruns = quick.validate()
-    assert len(qruns) == 3 * 6 + 2 and all(cfg.steps == 2 for _, cfg in qruns)
+    assert len(qruns) == 3 * 6 + 1 + 2 and all(cfg.steps == 2 for _, cfg in qruns)
     assert quick.out == Path("runs/paper_cpu_quick") and quick.seed_model == Path(".cache/seed")
 
 
@@ -165,7 +168,7 @@ def test_quick_sweep_killed_midway_resumes(seed_model, tmp_path):
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("{")))
-    assert summary["skipped"] == len(done_before) and summary["ran"] == 20 - len(done_before)
+    assert summary["skipped"] == len(done_before) and summary["ran"] == 21 - len(done_before)
     for summary_file in out.glob("*/*/seed0/summary.json"):
         rows = [json.loads(x) for x in (summary_file.parent / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in rows]
@@ -175,5 +178,5 @@ def test_quick_sweep_killed_midway_resumes(seed_model, tmp_path):
     for task in ("math", "chat", "multitask"):
         assert f"### {task}" in report and (out / f"{task}_eval.png").is_file()
     assert report.count("| online GRPO |") == 3 and "Quick mode" in report
-    assert len(list(out.glob("*/*/seed0/summary.json"))) == 20
+    assert len(list(out.glob("*/*/seed0/summary.json"))) == 21
     print(f"resumed quick sweep: {time.time() - t0:.0f} s")
