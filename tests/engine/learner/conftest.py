@@ -41,8 +41,8 @@ def random_rollouts(count: int, seed: int = 0) -> list[Rollout]:
         response = torch.randint(3, 96, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
         behaviour = (-3.0 + 0.5 * torch.randn(len(response), generator=g)).tolist()
         out.append(Rollout(prompt_index=i, prompt_ids=prompt, response_ids=response, behaviour_logprobs=behaviour,
-                           text="", reward=float(i % 2), version=0))
-    return out
+                           text="", reward=float(i % 2), version=-1))  # not sampled from the learner:
+    return out  # its behaviour log-probs are made up, so no parity check applies (version -1)
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def _rollouts(count: int, seed: int) -> list[Rollout]:
                 behaviour_logprobs=behaviour,
                 text="",
                 reward=float(i % 2),
-                version=0,
+                version=-1,  # made-up behaviour log-probs: not from the learner's weights, no parity check
             )
         )
     return out

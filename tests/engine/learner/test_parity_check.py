@@ -21,6 +21,7 @@ def _honest(learner, rollouts):
     scored = learner.score([(r.prompt_ids, r.response_ids) for r in rollouts])
     for r, lp in zip(rollouts, scored, strict=True):
         r.behaviour_logprobs = lp.tolist()
+        r.version = learner.step  # sampled with the learner's current weights
     return rollouts
 
 
@@ -46,7 +47,6 @@ def test_batch_gap_is_measured_and_a_broken_sampler_stops_before_the_update(mode
     # A sampler that does not hold the learner's weights: the step raises, and no update happens.
     broken = _honest(learner, rollouts(8, seed=1))
     for r in broken:
-        r.version = learner.step
         r.behaviour_logprobs = [lp - 0.05 for lp in r.behaviour_logprobs]
     before = learner.policy.lm_head_weight.detach().clone()
     with pytest.raises(LogprobGapError, match=r"differ from the learner's by 5\.0\de-02.*max_logprob_gap"):
