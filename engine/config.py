@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,6 +84,13 @@ class LearnerConfig(_Section):
 
 
 class SamplerConfig(_Section):
+    # vLLM tensor parallelism of the sampler, independent of the learner's (weights are pushed as
+    # full tensors and each vLLM worker takes its shard). On CPU each worker needs a core.
+    tp: int = Field(1, ge=1)
+    # one: rank 0's engine makes every rollout. per_node: the first rank of every node runs an
+    # engine too; rank 0 splits each generate across them and streams every push to all
+    # (engine/sampler/pool.py). On one node the two are the same.
+    engines: Literal["one", "per_node"] = "one"
     kv_cache_gib: float = Field(1.0, gt=0.0)
     max_model_len: int = Field(512, ge=16)
     separate_process: bool = True  # vLLM engine core in its own process (CPU overlap)
@@ -103,6 +110,10 @@ class SamplerConfig(_Section):
     # after the push and score them with the learner (costs a generate + a forward per sync).
     parity_check: Literal["batch", "probe"] = "batch"
     gap_probe_prompts: int = Field(8, ge=1)
+    # vLLM's processes wait for each other by blocking (at most this many ms between checks)
+    # instead of spinning (engine/sampler/vllm_plugin.py). auto: 5 ms on CPU, vLLM's spin on GPU;
+    # null: always vLLM's spin.
+    quiet_wait_ms: Literal["auto"] | Annotated[float, Field(gt=0.0)] | None = "auto"
 
 
 class EvalConfig(_Section):

@@ -13,7 +13,8 @@ sampling, rewards, pairs/groups), `train_step`, `sync_weights`, `evaluate`.
 
 Under torchrun (any TP x PP x DP layout), rank 0 owns the sampler and the rewards and broadcasts
 each rollout batch; every DP replica trains on its share of it; weight pushes are collective (TP
-gather, PP broadcast) with rank 0 sending.
+gather, PP broadcast) with rank 0 sending. With `sampler.engines: per_node` the first rank of every
+other node runs an engine as well, and rank 0 drives them all as one (`engine/sampler/pool.py`).
 
 Checkpoints (`checkpoint.every=K`) hold the whole training state (`engine/checkpoint.py`);
 `semionline train --resume RUN_DIR` continues from the newest one, at the same or another layout:
@@ -25,6 +26,7 @@ Checkpoints (`checkpoint.every=K`) hold the whole training state (`engine/checkp
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -53,6 +55,7 @@ from engine.parallel.mesh import Mesh
 from engine.rewards.math import math_reward_batch
 from engine.rollout.build import build_groups, build_pairs
 from engine.rollout.types import Rollout, RolloutBatch
+from engine.sampler.pool import EnginePool, RemoteEngine, node_leaders
 from engine.sampler.vllm_engine import VLLMSampler
 from engine.tasks import build_parts, build_tasks, sample_task_groups
 
@@ -134,13 +137,20 @@ class Orchestrator:
         self.prompts = PromptStream(len(self.train_rows), cfg.seed)
         self.learner = Learner(cfg, mesh)
         self.sampler = sampler
+        self._remote: RemoteEngine | None = None  # a non-driver node's engine (engines=per_node)
+        leaders = [0]
+        if sampler is None and cfg.sampler.engines == "per_node" and mesh.world_size > 1:
+            leaders = node_leaders()  # the first rank of every node owns an engine
         if self.is_driver and sampler is None:
-            self.sampler = VLLMSampler(
-                cfg.model, seed=cfg.seed, max_model_len=cfg.sampler.max_model_len,
-                kv_cache_gib=cfg.sampler.kv_cache_gib, separate_process=cfg.sampler.separate_process,
-                bucket_mib=cfg.sampler.bucket_mib, transport=cfg.sampler.transport,
-                sleep_mode=cfg.sampler.placement == "time_sliced",
-            )  # fmt: skip
+            self.sampler = build_sampler(cfg)
+        if len(leaders) > 1:  # every rank creates the group, in the same order
+            group = dist.new_group(leaders, timeout=datetime.timedelta(days=7))  # idle between commands
+            if self.is_driver:
+                self.sampler = EnginePool(self.sampler, group, leaders)
+            elif mesh.rank in leaders:
+                self._remote = RemoteEngine(build_sampler(cfg), group, driver=0)
+        # the engine this rank quiets (or puts to sleep) while it trains
+        self._engine = self.sampler if self.sampler is not None else self._remote
         self.version = 0  # the learner step whose weights the sampler holds
         self._sampler_weights: dict[str, torch.Tensor] | None = None  # for eval swaps when stale
         self._reward_seconds = 0.0
@@ -317,7 +327,10 @@ class Orchestrator:
         return batch, times
 
     def train_step(self, batch: RolloutBatch) -> dict[str, float]:
-        with self._time_sliced():
+        # quiet(): the sampler's processes block instead of spinning while they wait for each
+        # other, so they leave the cores to training (engine/sampler/vllm_plugin.py)
+        quiet = self._engine.quiet() if self._engine is not None else contextlib.nullcontext()
+        with self._time_sliced(), quiet:
             if batch.parts:
                 return self.learner.train_tasks(batch.parts)
             if self.cfg.objective == "dpo":
@@ -327,14 +340,14 @@ class Orchestrator:
     @contextlib.contextmanager
     def _time_sliced(self):
         """`sampler.placement=time_sliced` (GPU only): the engine sleeps while the learner trains."""
-        sliced = self.sampler is not None and self.cfg.sampler.placement == "time_sliced"
+        sliced = self._engine is not None and self.cfg.sampler.placement == "time_sliced"
         if sliced:
-            self.sampler.sleep()
+            self._engine.sleep()
         try:
             yield
         finally:
             if sliced:
-                self.sampler.wake_up()
+                self._engine.wake_up()
 
     def push(self, weights=None, remember: bool = False) -> dict[str, float]:
         """Stream the learner's weights (or a given HF-named dict) into the sampler, in buckets of
@@ -489,7 +502,9 @@ class Orchestrator:
         self.learner.save(final)
         self.logger.close()
         if self.sampler is not None and self._owns_sampler:
-            self.sampler.close()
+            self.sampler.close()  # an EnginePool also tells the other nodes' engines to close
+        if self._remote is not None:
+            self._remote.join()
         return RunSummary(str(self.run_dir), self.cfg.steps, self.accuracy, final, time.perf_counter() - t_start)
 
     def _stop_pipeline(self) -> None:
@@ -512,6 +527,8 @@ class Orchestrator:
             if key is not None:
                 self._step0_cache[key] = (dict(first), dict(self._baselines))
         first["sync/logprob_gap"] = gap0
+        if self.is_driver:
+            first["sampler/engines"] = float(getattr(self.sampler, "engines", 1))
         self.logger.log(0, first)
         self.accuracy[0] = first.get("eval/accuracy", float("nan"))
         if self.cfg.offline:
@@ -630,6 +647,16 @@ class Orchestrator:
             for rank, theirs in enumerate(every):
                 metrics.update({f"rank{rank}/{k}": v for k, v in theirs.items()})
         return metrics
+
+
+def build_sampler(cfg: RunConfig) -> VLLMSampler:
+    """This rank's vLLM engine, from the run's `sampler` settings."""
+    s = cfg.sampler
+    return VLLMSampler(
+        cfg.model, seed=cfg.seed, max_model_len=s.max_model_len, kv_cache_gib=s.kv_cache_gib,
+        separate_process=s.separate_process, bucket_mib=s.bucket_mib, transport=s.transport,
+        sleep_mode=s.placement == "time_sliced", quiet_wait_ms=s.quiet_wait_ms, tp=s.tp,
+    )  # fmt: skip
 
 
 def rollout_metrics(batch: RolloutBatch, sampler_version: int) -> dict[str, float]:

@@ -216,7 +216,8 @@ def run_sweep(sweep: Sweep) -> dict:
                           "launch it with python, not torchrun")
     s = todo[0][1].sampler
     sampler = VLLMSampler(str(sweep.seed_model), seed=0, max_model_len=s.max_model_len, kv_cache_gib=s.kv_cache_gib,
-                          separate_process=s.separate_process, bucket_mib=s.bucket_mib)
+                          separate_process=s.separate_process, bucket_mib=s.bucket_mib,
+                          quiet_wait_ms=s.quiet_wait_ms, tp=s.tp)
     step0_cache: dict = {}
     try:
         for k, (spec, cfg) in enumerate(todo):

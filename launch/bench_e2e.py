@@ -159,7 +159,7 @@ def standalone_throughput(args, cfg) -> dict[str, float]:
 
     from engine.data.prompts import load_prompts
     from engine.data.tokenizer import encode_prompt, load_tokenizer
-    from engine.sampler.vllm_engine import VLLMSampler
+    from engine.sampler.vllm_engine import VLLMSampler, cpu_bind_lists
 
     torch.set_num_threads(1)
     r = cfg.rollout
@@ -168,7 +168,8 @@ def standalone_throughput(args, cfg) -> dict[str, float]:
     stop = [tok.eos_token_id]
     out: dict[str, list[float]] = {"engine": [], "standalone": []}
     sampler = VLLMSampler(cfg.model, seed=cfg.seed, max_model_len=cfg.sampler.max_model_len,
-                          kv_cache_gib=cfg.sampler.kv_cache_gib, bucket_mib=cfg.sampler.bucket_mib)
+                          kv_cache_gib=cfg.sampler.kv_cache_gib, bucket_mib=cfg.sampler.bucket_mib,
+                          quiet_wait_ms=cfg.sampler.quiet_wait_ms, tp=cfg.sampler.tp)
 
     def engine_run(seed: int) -> tuple[int, float]:
         t0 = time.perf_counter()
@@ -182,10 +183,12 @@ def standalone_throughput(args, cfg) -> dict[str, float]:
             out["engine"].append(n / dt)
     memory = push_memory(sampler, cfg)
     sampler.close()
+    if cfg.sampler.tp > 1 and not torch.cuda.is_available():  # the binding VLLMSampler sets for itself
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind_lists(cfg.sampler.tp))
     llm = LLM(model=cfg.model, dtype="float32", seed=cfg.seed, max_model_len=cfg.sampler.max_model_len,
               kv_cache_memory_bytes=int(cfg.sampler.kv_cache_gib * (1 << 30)), enforce_eager=True,
               enable_chunked_prefill=False, max_num_batched_tokens=max(4096, cfg.sampler.max_model_len),
-              disable_log_stats=True, logprobs_mode="raw_logprobs")
+              disable_log_stats=True, logprobs_mode="raw_logprobs", tensor_parallel_size=cfg.sampler.tp)
     for rep in range(args.repeat + 1):
         params = [SamplingParams(n=r.samples_per_prompt, temperature=r.temperature, top_p=r.top_p,
                                  max_tokens=r.max_tokens, stop_token_ids=stop, seed=rep + i * r.samples_per_prompt,

@@ -3,9 +3,12 @@ into one vLLM sampler at every learner layout (tp, pp) in {(1,1), (2,1), (1,2), 
 buckets of one layer, and measures the sampler/learner log-prob gap after each push.
 
     PYTHONPATH=. torchrun --standalone --nproc-per-node 4 tests/engine/sync/layouts_worker.py SEED_DIR OUT.json
+    PYTHONPATH=. torchrun --standalone --nproc-per-node 2 tests/engine/sync/layouts_worker.py SEED_DIR OUT.json \
+        --sampler-tp 2 --layouts 1x1,2x1
 
-Rank 0 owns the sampler (vLLM TP = 1, its own process), so every layout with tp = 2 is also a
-sampler TP != learner TP case. Before each push the learner's weights are scaled by per-tensor
+Rank 0 owns the sampler (vLLM TP = 1 by default, its own process), so every layout with tp = 2
+is also a sampler TP != learner TP case; with `--sampler-tp 2` (two vLLM workers, one per core)
+the learner TP = 1 layout is. Before each push the learner's weights are scaled by per-tensor
 factors (a function of the parameter name only, so TP shards and replicated norms stay
 consistent), which the sampler cannot have seen: a push that misses or misplaces a shard shows up
 as a gap. Rank 0 writes OUT.json: per layout the gap, bytes moved, parameter bytes, buckets and
@@ -13,7 +16,6 @@ the transport's peak buffer bytes.
 """
 
 import json
-import sys
 import zlib
 
 import torch
@@ -28,20 +30,20 @@ from engine.parallel.mesh import Mesh
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
 
 
-def main(seed_dir: str, out_path: str) -> None:
+def main(seed_dir: str, out_path: str, sampler_tp: int = 1, layouts: list[tuple[int, int]] = LAYOUTS) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    groups = {n: dist.new_group(list(range(n))) for n in sorted({tp * pp for tp, pp in LAYOUTS})}
+    groups = {n: dist.new_group(list(range(n))) for n in sorted({tp * pp for tp, pp in layouts})}
     tok = load_tokenizer(seed_dir)
     prompts = [encode_prompt(tok, r.prompt) for r in load_prompts(f"{seed_dir}/data/heldout.jsonl")[:8]]
     sampler = None
     if rank == 0:
         from engine.sampler.vllm_engine import VLLMSampler
 
-        sampler = VLLMSampler(seed_dir, seed=0, max_model_len=256, kv_cache_gib=0.25, bucket_mib=0)
+        sampler = VLLMSampler(seed_dir, seed=0, max_model_len=256, kv_cache_gib=0.25, bucket_mib=0, tp=sampler_tp)
     results = {}
-    for version, (tp, pp) in enumerate(LAYOUTS, start=1):
+    for version, (tp, pp) in enumerate(layouts, start=1):
         mesh = Mesh.sub_mesh(tp, pp, 1)
         if mesh is not None:
             cfg = RunConfig(model=seed_dir, kernels="torch", learner={"tp": tp, "pp": pp})
@@ -81,4 +83,12 @@ def main(seed_dir: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("seed_dir")
+    ap.add_argument("out")
+    ap.add_argument("--sampler-tp", type=int, default=1)
+    ap.add_argument("--layouts", default=",".join(f"{tp}x{pp}" for tp, pp in LAYOUTS))
+    a = ap.parse_args()
+    main(a.seed_dir, a.out, a.sampler_tp, [tuple(int(x) for x in lay.split("x")) for lay in a.layouts.split(",")])
