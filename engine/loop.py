@@ -144,7 +144,9 @@ class Orchestrator:
         if self.is_driver and sampler is None:
             self.sampler = build_sampler(cfg)
         if len(leaders) > 1:  # every rank creates the group, in the same order
-            group = dist.new_group(leaders, timeout=datetime.timedelta(days=7))  # idle between commands
+            # gloo, CPU tensors: on GPU nodes too (vLLM's NCCL weight-transfer API is not wired in);
+            # a long timeout, since a remote engine waits idle between commands
+            group = dist.new_group(leaders, timeout=datetime.timedelta(days=7), backend="gloo")
             if self.is_driver:
                 self.sampler = EnginePool(self.sampler, group, leaders)
             elif mesh.rank in leaders:

@@ -9,10 +9,10 @@ first rank of every other node, used by the driver as if they were one sampler.
 Every node's engine holds the same weights. `generate` gives engine k a contiguous slice of the
 prompts and the seed offset of that slice, so prompt i keeps the seed it would have on one engine
 (`VLLMSampler.generate`: seed + i * n). `push_weights` streams each tensor once from the driver
-(its learner's gathered full tensors) to the other engines over a process group of the engine
-ranks (gloo on CPU: TCP between nodes; on GPU the same code rides on NCCL) while the driver's own
-engine loads it; every engine loads the whole model, so a push moves the parameter bytes once
-per remote node.
+(its learner's gathered full tensors) to the other engines over a gloo process group of the
+engine ranks (CPU tensors over TCP between nodes, on GPU nodes too: vLLM's NCCL weight-transfer
+API, GPU-only in vLLM, is not wired in yet) while the driver's own engine loads it; every engine
+loads the whole model, so a push moves the parameter bytes once per remote node.
 
 On the other nodes a service thread (`serve`) owns the engine and waits for the driver's
 commands on that group; it never touches the learner's groups, so it runs beside the training
