@@ -113,7 +113,7 @@ class SamplerConfig(_Section):
     # vLLM's processes wait for each other by blocking (at most this many ms between checks)
     # instead of spinning (engine/sampler/vllm_plugin.py). auto: 5 ms on CPU, vLLM's spin on GPU;
     # null: always vLLM's spin.
-    quiet_wait_ms: Literal["auto"] | Annotated[float, Field(gt=0.0)] | None = "auto"
+    quiet_wait_ms: Literal["auto"] | Annotated[float, Field(ge=1.0)] | None = "auto"  # zmq polls whole ms
 
 
 class EvalConfig(_Section):

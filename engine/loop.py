@@ -26,8 +26,6 @@ Checkpoints (`checkpoint.every=K`) hold the whole training state (`engine/checkp
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
 import json
 import os
 import random
@@ -54,8 +52,9 @@ from engine.overlap import Produced, RolloutPipeline
 from engine.parallel.mesh import Mesh
 from engine.rewards.math import math_reward_batch
 from engine.rollout.build import build_groups, build_pairs
+from engine.rollout.offline import cached_pool, pool_key
 from engine.rollout.types import Rollout, RolloutBatch
-from engine.sampler.pool import EnginePool, RemoteEngine, node_leaders
+from engine.sampler.pool import RemoteEngine, place_engines
 from engine.sampler.vllm_engine import VLLMSampler
 from engine.tasks import build_parts, build_tasks, sample_task_groups
 
@@ -138,19 +137,9 @@ class Orchestrator:
         self.learner = Learner(cfg, mesh)
         self.sampler = sampler
         self._remote: RemoteEngine | None = None  # a non-driver node's engine (engines=per_node)
-        leaders = [0]
-        if sampler is None and cfg.sampler.engines == "per_node" and mesh.world_size > 1:
-            leaders = node_leaders()  # the first rank of every node owns an engine
-        if self.is_driver and sampler is None:
-            self.sampler = build_sampler(cfg)
-        if len(leaders) > 1:  # every rank creates the group, in the same order
-            # gloo, CPU tensors: on GPU nodes too (vLLM's NCCL weight-transfer API is not wired in);
-            # a long timeout, since a remote engine waits idle between commands
-            group = dist.new_group(leaders, timeout=datetime.timedelta(days=7), backend="gloo")
-            if self.is_driver:
-                self.sampler = EnginePool(self.sampler, group, leaders)
-            elif mesh.rank in leaders:
-                self._remote = RemoteEngine(build_sampler(cfg), group, driver=0)
+        if sampler is None:
+            self.sampler, self._remote = place_engines(
+                partial(build_sampler, cfg), per_node=cfg.sampler.engines == "per_node", is_driver=self.is_driver)
         # the engine this rank quiets (or puts to sleep) while it trains
         self._engine = self.sampler if self.sampler is not None else self._remote
         self.version = 0  # the learner step whose weights the sampler holds
@@ -239,40 +228,21 @@ class Orchestrator:
 
     def _offline_pool(self) -> list[tuple[list, int, int]]:
         """Per step: (the seed's scored groups, or per task its groups; timeouts; failures)."""
-        path = Path(self.cfg.offline_rollouts) if self.cfg.offline_rollouts else None
-        key = self._offline_key() if path else None
-        if path is not None and path.is_file():
-            saved = torch.load(path, weights_only=False)
-            if saved.get("key") == key:
-                print(f"offline rollouts: loaded {path}", flush=True)
-                return saved["pool"]
-            print(f"offline rollouts: {path} was made for other settings; making a new pool", flush=True)
-        pool = []
+        if self.cfg.offline_rollouts:
+            return cached_pool(Path(self.cfg.offline_rollouts), pool_key(self.cfg), self._make_offline_pool)
+        return self._make_offline_pool()
+
+    def _make_offline_pool(self) -> list[tuple[list, int, int]]:
         if self.tasks:
+            pool = []
             for step in range(1, self.cfg.steps + 1):
                 task_groups, stats = self._sample_task_groups(step)
                 pool.append((task_groups, stats.timeouts, stats.failures))
-        else:  # one generate call for the whole run
-            per_step = self.cfg.rollout.prompts_per_step
-            flat = [i for _ in range(self.cfg.steps) for i in self.prompts.take(per_step)]
-            groups, timeouts = self._sample(flat, step=0)
-            pool = [(groups[s * per_step : (s + 1) * per_step], timeouts if s == 0 else 0, 0)
-                    for s in range(self.cfg.steps)]
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            torch.save({"key": key, "pool": pool}, tmp)
-            os.replace(tmp, path)  # atomic: a reader sees the old pool or the whole new one
-        return pool
-
-    def _offline_key(self) -> str:
-        """What the offline pool depends on: the seed model's weights, prompts, sampling, steps."""
-        digest = hashlib.sha256()
-        for f in sorted(Path(self.cfg.model).glob("*.safetensors")):
-            digest.update(f.read_bytes())
-        c = self.cfg
-        return json.dumps({"weights": digest.hexdigest(), "data": c.data.model_dump(), "rollout": c.rollout.model_dump(),
-                           "tasks": {n: t.model_dump() for n, t in c.tasks.items()}, "steps": c.steps}, sort_keys=True)
+            return pool
+        per_step = self.cfg.rollout.prompts_per_step  # one generate call for the whole run
+        flat = [i for _ in range(self.cfg.steps) for i in self.prompts.take(per_step)]
+        groups, timeouts = self._sample(flat, step=0)
+        return [(groups[s * per_step : (s + 1) * per_step], timeouts if s == 0 else 0, 0) for s in range(self.cfg.steps)]
 
     def produce_rollouts(self, step: int) -> Produced:
         """Sampling + rewards + pair/group building for optimizer step `step` (1-based), on the

@@ -25,16 +25,36 @@ Not here: choosing prompts, rewards, versions (the orchestrator does those on th
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
 from engine.sampler.transport import PushStats
 from engine.sampler.vllm_engine import Sample, VLLMSampler
+
+
+def place_engines(build: Callable[[], VLLMSampler], *, per_node: bool,
+                  is_driver: bool) -> tuple[VLLMSampler | EnginePool | None, RemoteEngine | None]:
+    """This rank's part of the sampler placement: (the driver's sampler, else None; this rank's
+    remote engine, else None). With one engine (or one node) the driver builds it alone; with
+    `per_node` every rank takes part (the leaders' gather and the engines' group are collectives)."""
+    leaders = node_leaders() if per_node and dist.is_initialized() and dist.get_world_size() > 1 else [0]
+    local = build() if is_driver else None
+    if len(leaders) == 1:
+        return local, None
+    # gloo, CPU tensors, on GPU nodes too (vLLM's NCCL weight-transfer API is not wired in); a long
+    # timeout, since a remote engine waits idle between commands
+    group = dist.new_group(leaders, timeout=datetime.timedelta(days=7), backend="gloo")
+    if is_driver:
+        return EnginePool(local, group, leaders), None
+    if dist.get_rank() in leaders:
+        return None, RemoteEngine(build(), group, driver=0)
+    return None, None
 
 
 def node_leaders() -> list[int]:
@@ -61,7 +81,7 @@ def split(count: int, parts: int) -> list[tuple[int, int]]:
 
 
 class EnginePool:
-    """The driver's handle on every node's engine (the same methods as `VLLMSampler`)."""
+    """The driver's handle on every node's engine (the `VLLMSampler` methods the orchestrator uses)."""
 
     def __init__(self, local: VLLMSampler, group, ranks: list[int]):
         self.local, self.group, self.ranks = local, group, ranks
@@ -70,14 +90,6 @@ class EnginePool:
     @property
     def engines(self) -> int:
         return len(self.ranks)
-
-    @property
-    def version(self) -> int:
-        return self.local.version
-
-    @property
-    def transport_name(self) -> str:
-        return f"{self.local.transport_name}+broadcast"
 
     def _command(self, cmd: tuple) -> None:
         dist.broadcast_object_list([cmd], src=self.ranks[0], group=self.group)
@@ -142,12 +154,6 @@ class EnginePool:
             self._command(("close",))
         finally:
             self.local.close()
-
-    def __enter__(self) -> EnginePool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def serve(engine: VLLMSampler, group, driver: int) -> None:
@@ -217,7 +223,7 @@ class RemoteEngine:
     def wake_up(self) -> None:
         self.engine.wake_up()
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self) -> None:
         """Wait for the driver's close (the end of the run), then make sure the engine is down."""
-        self._thread.join(timeout)
+        self._thread.join()
         self.engine.close()
