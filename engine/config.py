@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.rewards.judge import JudgeConfig
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key."""
@@ -27,10 +29,32 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    train: str = ".cache/seed/data/train.jsonl"  # prompt rows {"prompt", "answer"}
+    # Prompt rows: .jsonl, .json, .parquet, a `datasets.save_to_disk` folder (DIR or DIR@SPLIT), or
+    # hf://NAME[:CONFIG][@SPLIT] (engine/data/datasets.py). Rows are {"prompt"|"messages", "answer"}
+    # or the columns named by prompt_key / answer_key (unset: prompt, question, problem or messages;
+    # answer or solution; so GSM8K and MATH work as they are).
+    train: str = ".cache/seed/data/train.jsonl"
     eval: str = ".cache/seed/data/heldout.jsonl"
+    prompt_key: str | None = None
+    answer_key: str | None = None
     prompt_template: str = "{prompt}"  # applied to each row's prompt text
     chat_template: bool = False  # render the prompt with the tokenizer's chat template (instruct models)
+    system_prompt: str | None = None  # a system turn for rows without one (needs chat_template)
+    # Offline DPO straight from preference rows ({"prompt", "chosen", "rejected"}, or chat-style
+    # chosen/rejected message lists): the run trains on these pairs instead of sampling
+    # (engine/data/preferences.py); needs objective=dpo and sync_every=offline.
+    preferences: str | None = None
+
+
+class RewardConfig(_Section):
+    # A task whose every reward errored (judge down, math-verify crashing, ...) for this many
+    # consecutive steps stops the run with the reasons; 0 = never.
+    max_error_steps: int = Field(5, ge=0)
+    # Reward models: on the learner's device and dtype unless set here; batched by tokens.
+    device: str | None = None
+    dtype: Literal["float32", "bfloat16"] | None = None
+    max_batch_tokens: int = Field(16384, ge=1)
+    trust_remote_code: bool = False  # custom reward-model heads run code from the checkpoint: opt in
 
 
 class RolloutConfig(_Section):
@@ -115,6 +139,12 @@ class SamplerConfig(_Section):
     # null: always vLLM's spin.
     quiet_wait_ms: Literal["auto"] | Annotated[float, Field(ge=1.0)] | None = "auto"  # zmq polls whole ms
 
+    @model_validator(mode="after")
+    def _check_transport(self) -> SamplerConfig:
+        if self.transport == "cuda_ipc" and not self.separate_process:
+            raise ValueError("sampler.transport=cuda_ipc needs sampler.separate_process=true")
+        return self
+
 
 class EvalConfig(_Section):
     every: int = Field(10, ge=0)  # optimizer steps between evals; 0 = only at start and end
@@ -126,18 +156,6 @@ class EvalConfig(_Section):
     # Sampling seed of every eval; None: the run's seed. A sweep fixes it so that all its runs are
     # evaluated on the same random numbers and the seed model's step-0 eval is shared.
     seed: int | None = None
-
-
-class JudgeSection(_Section):
-    """An OpenAI-compatible judge endpoint (engine/rewards/judge.py)."""
-
-    base_url: str
-    model: str
-    api_key_env: str | None = None  # the NAME of the environment variable holding the key
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0.0)
-    max_retries: int = Field(3, ge=0)
-    max_tokens: int = Field(512, ge=1)
 
 
 class TaskConfig(_Section):
@@ -153,20 +171,27 @@ class TaskConfig(_Section):
     reward: str = "math"  # math | reward_model | judge | package.module:function
     reward_model_path: str | None = None  # for reward: reward_model (HF sequence-classification dir)
     reward_max_length: int = Field(2048, ge=8)
-    judge: JudgeSection | None = None  # for reward: judge
+    judge: JudgeConfig | None = None  # for reward: judge (engine/rewards/judge.py: endpoint, prompts, score range)
     # A second scorer used only at evaluation (same choices as `reward`; reward_model uses
     # reward_model_path, judge uses `judge`), reported as eval/<task>/gold/*: the paper trains on
     # a reward model and reports a stronger judge's win rates. The CPU chat task's hidden rule is
-    # engine.data.chat:gold_quality.
+    # engine.demo.chat:gold_quality.
     eval_reward: str | None = None
     objective: Literal["dpo", "grpo"] | None = None  # None: the run's `objective`
     weight: float = Field(1.0, gt=0.0)
     samples_per_prompt: int | None = Field(None, ge=2)  # None: rollout.samples_per_prompt
     max_tokens: int | None = Field(None, ge=1)  # None: rollout.max_tokens
+    prompt_key: str | None = None  # as in `data`
+    answer_key: str | None = None
     prompt_template: str = "{prompt}"  # applied to each row's prompt text
     chat_template: bool = False  # render the prompt with the tokenizer's chat template (instruct models)
+    system_prompt: str | None = None
     dpo: DPOConfig | None = None  # None: the run's `dpo` (e.g. beta 0.1 math, 0.01 chat)
     grpo: GRPOConfig | None = None  # None: the run's `grpo`
+
+
+class LogConfig(_Section):
+    rollouts: int = Field(0, ge=0)  # write RUN_DIR/rollouts/step_<k>.jsonl every this many steps; 0 = never
 
 
 class CheckpointConfig(_Section):
@@ -195,6 +220,8 @@ class RunConfig(_Section):
     sampler: SamplerConfig = SamplerConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    reward: RewardConfig = RewardConfig()
+    log: LogConfig = LogConfig()
     # Multi-task runs: task name -> TaskConfig. Empty: one task from `data`, `objective` and the
     # math reward (the single-task configs in configs/demo).
     tasks: dict[str, TaskConfig] = {}
@@ -235,6 +262,9 @@ class RunConfig(_Section):
     def _check_tasks(self) -> RunConfig:
         if self.offline_rollouts and not self.offline:
             raise ValueError("offline_rollouts is the seed's rollout pool of an offline run: it needs sync_every=offline")
+        if self.data.preferences and (self.objective != "dpo" or not self.offline or self.tasks):
+            raise ValueError("data.preferences (offline DPO on preference rows) needs objective=dpo, "
+                             "sync_every=offline and no tasks")
         return self
 
     @model_validator(mode="after")
@@ -251,6 +281,18 @@ class RunConfig(_Section):
         if k > s - 1 and self.objective != "grpo":
             raise ValueError(f"max_staleness={k} > sync_every - 1 needs objective=grpo (DPO keeps the exact s)")
         return self
+
+    def run_tasks(self) -> dict[str, TaskConfig]:
+        """Every run as a list of tasks: `tasks`, or for a config without it one task, "default",
+        from `data`, `objective`, `dpo`, `grpo` and the math reward (one code path for both)."""
+        if self.tasks:
+            return dict(self.tasks)
+        d = self.data
+        return {"default": TaskConfig(
+            data=d.train, eval_data=d.eval, reward="math", objective=self.objective, dpo=self.dpo, grpo=self.grpo,
+            prompt_key=d.prompt_key, answer_key=d.answer_key, prompt_template=d.prompt_template,
+            chat_template=d.chat_template, system_prompt=d.system_prompt,
+        )}  # fmt: skip
 
     @property
     def staleness_bound(self) -> int:
@@ -353,30 +395,6 @@ def config_from_dict(tree: dict) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
-
-
-def check_paths(cfg: RunConfig) -> None:
-    """Every data file and reward-model directory the run will read exists; else a ConfigError
-    naming the key and the path. Called by `train` right after loading, before anything heavy."""
-    wanted: list[tuple[str, str | None, bool]] = []  # (key, path, is_dir)
-    if cfg.tasks:
-        for name, task in cfg.tasks.items():
-            wanted += [(f"tasks.{name}.data", task.data, False), (f"tasks.{name}.eval_data", task.eval_data, False)]
-            if task.reward == "reward_model":
-                if not task.reward_model_path:
-                    raise ConfigError(f"config key 'tasks.{name}.reward_model_path': needed for reward 'reward_model'")
-                wanted.append((f"tasks.{name}.reward_model_path", task.reward_model_path, True))
-            if task.reward == "judge" and task.judge is None:
-                raise ConfigError(f"config key 'tasks.{name}.judge': needed for reward 'judge' (base_url, model)")
-    else:
-        wanted += [("data.train", cfg.data.train, False), ("data.eval", cfg.data.eval, False)]
-    for key, path, is_dir in wanted:
-        if path is None:
-            continue
-        ok = Path(path).is_dir() if is_dir else Path(path).is_file()
-        if not ok:
-            kind = "directory" if is_dir else "file"
-            raise ConfigError(f"config key '{key}': {kind} not found: {path}")
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

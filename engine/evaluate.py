@@ -186,3 +186,27 @@ def evaluate_scored(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[Pro
         lc_win_rate=main.lc_win_rate, prompts=len(outs), samples=n, mean_length=sum(lengths) / max(1, len(lengths)),
         failures=main.failures, extra={name: _against_baseline(fn, *args) for name, fn in (extra_scorers or {}).items()},
     )  # fmt: skip
+
+
+def baseline_responses(sampler, prompt_ids: Sequence[list[int]], cfg: EvalConfig, *, stop_token_ids: list[int],
+                       seed: int) -> tuple[list[str], list[int]]:
+    """One response per prompt at the eval settings (texts, token counts): the baseline a scored
+    evaluation compares against (the seed's, made once; or another model's for `semionline eval`)."""
+    outs, _ = sample_eval(sampler, prompt_ids, cfg.model_copy(update={"samples": 1}), stop_token_ids=stop_token_ids,
+                          seed=seed)
+    return [o[0].text for o in outs], [len(o[0].token_ids) for o in outs]
+
+
+def evaluate_reward(sampler, prompt_ids: Sequence[list[int]], rows: Sequence[PromptRow], cfg: EvalConfig, *,
+                    reward, baseline: tuple[list[str], list[int]], stop_token_ids: list[int], seed: int,
+                    eval_reward=None) -> ScoredEvalResult:
+    """`evaluate_scored` with a reward function (`engine/rewards/router.py`: rows, responses ->
+    RewardOutput) as the scorer, and `eval_reward` (if any) as the extra "gold" scorer."""
+    by_prompt = {row.prompt: row for row in rows}
+
+    def scorer(prompts, responses, fn=reward):
+        return fn([by_prompt[p] for p in prompts], responses).rewards
+
+    extra = {"gold": lambda p, r: scorer(p, r, fn=eval_reward)} if eval_reward is not None else None
+    return evaluate_scored(sampler, prompt_ids, rows, cfg, scorer=scorer, baseline=baseline[0],
+                           baseline_lengths=baseline[1], stop_token_ids=stop_token_ids, seed=seed, extra_scorers=extra)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from engine.files import atomic_write_text
 
 
 class MetricsLogger:
@@ -61,6 +62,4 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
             continue
         if row.get("step", 0) <= last_step:
             kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))

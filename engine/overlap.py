@@ -29,17 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from engine.rollout.types import RolloutBatch
-
-
-@dataclass
-class Produced:
-    """One queued batch and what producing it cost (measured in the producer thread)."""
-
-    batch: RolloutBatch
-    times: dict[str, float]  # time/generate, time/reward (seconds)
+from engine.rollout.types import Produced
 
 
 class _Stop(Exception):

@@ -17,15 +17,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from engine.config import DPOConfig, GRPOConfig, RunConfig
-from engine.data.prompts import PromptRow, load_prompts
-from engine.data.tokenizer import encode_formatted_prompt
+from engine.config import ConfigError, DPOConfig, GRPOConfig, RunConfig, TaskConfig
+from engine.data.datasets import load_prompt_rows, parse_source
+from engine.data.encoding import encode_prompt_row
+from engine.data.prompts import PromptFileError, PromptRow
 from engine.rewards.router import RewardFn, RewardOutput, build_reward
 from engine.rollout.build import build_groups, build_pairs
 from engine.rollout.types import Rollout, TaskBatch
-
-DEFAULT = "default"
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Task:
         """Training units from this task's scored groups. Samples whose reward failed (None) were
         already dropped by the caller; a group left with fewer than 2 samples carries no signal."""
         groups = [g for g in groups if len(g) >= 2]
-        part = TaskBatch(task=self.name, objective=self.objective, weight=self.weight)
+        part = TaskBatch(task=self.name, objective=self.objective, weight=self.weight, dpo=self.dpo, grpo=self.grpo)
         if self.objective == "dpo":
             # Verifiable rewards: a random correct vs a random incorrect response; model scores:
             # the highest vs the lowest (DESIGN.md).
@@ -87,44 +87,78 @@ def split_prompts(weights: Sequence[float], total: int) -> list[int]:
     return counts
 
 
-def build_tasks(cfg: RunConfig, tokenizer, *, driver: bool = True) -> list[Task]:
-    """The run's tasks (see the module docstring); `driver` builds the reward functions."""
-    r = cfg.rollout
-    specs = []
-    if not cfg.tasks:
-        specs.append((DEFAULT, cfg.data.train, cfg.data.eval, "math", None, None, cfg.objective, 1.0, None, None,
-                      cfg.dpo, cfg.grpo, cfg.data.prompt_template, cfg.data.chat_template, None))
-    for name, t in cfg.tasks.items():
-        specs.append((name, t.data, t.eval_data, t.reward, t.reward_model_path, t.judge, t.objective or cfg.objective,
-                      t.weight, t.samples_per_prompt, t.max_tokens, t.dpo or cfg.dpo, t.grpo or cfg.grpo,
-                      t.prompt_template, t.chat_template, t.eval_reward))
+def build_tasks(cfg: RunConfig, tokenizer, *, driver: bool = True, device: str = "cpu") -> list[Task]:
+    """The run's tasks (`RunConfig.run_tasks()`: a config without `tasks:` is one task, "default");
+    `driver` builds the reward functions (reward models on `device`, the learner's)."""
     tasks = []
-    for (name, data, eval_data, source, rm_path, judge, objective, weight, spp, max_tokens, dpo, grpo, template,
-         chat, eval_source) in specs:
-
-        def encode(row: PromptRow, template=template, chat=chat) -> list[int]:
-            return encode_formatted_prompt(tokenizer, row.prompt, template=template, chat=chat)
-
-        rows = load_prompts(data)
-        eval_rows = load_prompts(eval_data)[: cfg.eval.max_prompts] if eval_data else []
+    for name, t in cfg.run_tasks().items():
+        # offline DPO on preference rows: nothing is sampled, only the held-out prompts are needed
+        rows = _load_rows(f"{_key(cfg, name)}.data", t.data, t) if not cfg.data.preferences else []
+        eval_rows = _load_rows(f"{_key(cfg, name)}.eval_data", t.eval_data, t)[: cfg.eval.max_prompts]
         reward = eval_reward = None
         if driver:
-            judge_cfg = None
-            if judge is not None:
-                from engine.rewards.judge import JudgeConfig
+            options = {"path": t.reward_model_path, "judge": t.judge, "max_length": t.reward_max_length,
+                       "max_batch_tokens": cfg.reward.max_batch_tokens, "device": cfg.reward.device or device,
+                       "dtype": cfg.reward.dtype or cfg.learner.dtype, "trust_remote_code": cfg.reward.trust_remote_code}
+            reward = build_reward(t.reward, **options)
+            eval_reward = build_reward(t.eval_reward, **options) if t.eval_reward else None
 
-                judge_cfg = JudgeConfig(**judge.model_dump())
-            max_length = cfg.tasks[name].reward_max_length if name in cfg.tasks else 2048
-            reward = build_reward(source, path=rm_path, judge=judge_cfg, max_length=max_length)
-            if eval_source:
-                eval_reward = build_reward(eval_source, path=rm_path, judge=judge_cfg, max_length=max_length)
+        def encode(row: PromptRow, t=t) -> list[int]:
+            return encode_prompt_row(tokenizer, row, prompt_template=t.prompt_template, chat_template=t.chat_template,
+                                     system_prompt=t.system_prompt)
+
         tasks.append(Task(
-            name=name, objective=objective, weight=weight, reward_source=source,
-            samples_per_prompt=spp or r.samples_per_prompt, max_tokens=max_tokens or r.max_tokens, dpo=dpo,
-            grpo=grpo, rows=rows, ids=[encode(x) for x in rows], eval_rows=eval_rows,
-            eval_ids=[encode(x) for x in eval_rows], reward=reward, eval_reward=eval_reward,
+            name=name, objective=t.objective or cfg.objective, weight=t.weight, reward_source=t.reward,
+            samples_per_prompt=t.samples_per_prompt or cfg.rollout.samples_per_prompt,
+            max_tokens=t.max_tokens or cfg.rollout.max_tokens, dpo=t.dpo or cfg.dpo, grpo=t.grpo or cfg.grpo,
+            rows=rows, ids=[encode(x) for x in rows], eval_rows=eval_rows, eval_ids=[encode(x) for x in eval_rows],
+            reward=reward, eval_reward=eval_reward,
         ))  # fmt: skip
     return tasks
+
+
+def _key(cfg: RunConfig, name: str) -> str:
+    return "data" if not cfg.tasks else f"tasks.{name}"
+
+
+def _load_rows(key: str, source: str | None, t: TaskConfig) -> list[PromptRow]:
+    """A task's prompt rows; a math task's rows must carry a reference answer (named by file and row)."""
+    if not source:
+        return []
+    rows = load_prompt_rows(source, t.prompt_key, t.answer_key)
+    if t.reward == "math" or t.eval_reward == "math":
+        missing = next((r for r in rows if not r.answer.strip()), None)
+        if missing is not None:
+            raise PromptFileError(f"{missing.origin}: no reference answer, which the math reward of "
+                                  f"'{key}' needs (set the answer column with answer_key)")
+    return rows
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """Every data source and reward-model directory the run will read exists; else a ConfigError
+    naming the key and the path. Called by `train` right after loading, before anything heavy."""
+    sources: list[tuple[str, str | None]] = []
+    for name, task in cfg.run_tasks().items():
+        where = "data" if not cfg.tasks else f"tasks.{name}"
+        if not cfg.data.preferences:  # a preference run samples nothing: no training prompts
+            sources.append((f"{where}.{'train' if not cfg.tasks else 'data'}", task.data))
+        sources.append((f"{where}.{'eval' if not cfg.tasks else 'eval_data'}", task.eval_data))
+    sources.append(("data.preferences", cfg.data.preferences))
+    for key, source in sources:
+        if source is not None:
+            try:
+                parse_source(source)
+            except PromptFileError as e:
+                raise ConfigError(f"config key '{key}': {e}") from None
+    for name, task in cfg.run_tasks().items():
+        where = "data" if not cfg.tasks else f"tasks.{name}"
+        if "reward_model" in (task.reward, task.eval_reward):
+            if not task.reward_model_path:
+                raise ConfigError(f"config key '{where}.reward_model_path': needed for reward 'reward_model'")
+            if not Path(task.reward_model_path).is_dir():
+                raise ConfigError(f"config key '{where}.reward_model_path': directory not found: {task.reward_model_path}")
+        if task.reward == "judge" and task.judge is None:
+            raise ConfigError(f"config key '{where}.judge': needed for reward 'judge' (base_url, model)")
 
 
 @dataclass
@@ -133,6 +167,7 @@ class TaskSampleStats:
     failures: int = 0  # samples dropped because their judgement failed
     reward_seconds: float = 0.0
     rewards: dict[str, list[float]] = field(default_factory=dict)  # task -> kept rewards (metrics)
+    outputs: dict[str, RewardOutput] = field(default_factory=dict)  # task -> its reward output (errors)
 
 
 def sample_task_groups(tasks: Sequence[Task], streams: Sequence, sampler, *, prompts_per_step: int, step: int,
@@ -157,6 +192,7 @@ def sample_task_groups(tasks: Sequence[Task], streams: Sequence, sampler, *, pro
         stats.reward_seconds += time.perf_counter() - t0
         stats.timeouts += out.timeouts
         stats.failures += out.failures
+        stats.outputs[task.name] = out
         groups, k_out = [], 0
         for i, group in zip(indices, outs, strict=True):
             kept = []

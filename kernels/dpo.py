@@ -10,8 +10,9 @@ first. Per-pair losses (not a mean) so that micro-batches accumulate exactly: th
 by the global pair count.
 
 The fused paths (torch: `_FusedDPO`; Triton: `kernels/losses_triton.py`) compute the loss and its
-derivatives in one pass and keep only sigmoid(-margin) for the backward, instead of the
-autograd graph of a dozen elementwise ops. Gradients flow to all four log-prob inputs.
+derivatives in one pass and keep only sigmoid(-margin) for the backward
+(`kernels/loss_backward.py`), instead of the autograd graph of a dozen elementwise ops.
+Gradients flow to all four log-prob inputs.
 
 Must not import anything from `engine`.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.loss_backward import dpo_backward, save_for_dpo_backward
 from kernels.paths import resolve_impl
 
 
@@ -136,25 +138,3 @@ class _FusedDPO(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_margin):
         return dpo_backward(ctx, grad_loss)
-
-
-def save_for_dpo_backward(ctx, sig, inputs, lc, lr, beta, length_normalize, nll_weight) -> None:
-    """What `dpo_backward` needs: sigmoid(-margin) (P,), the length factors, the input dtypes."""
-    nc, nr = (lc, lr) if length_normalize else (torch.ones_like(lc), torch.ones_like(lr))
-    ctx.save_for_backward(sig, nc, nr, lc)
-    ctx.beta, ctx.nll_weight = beta, nll_weight
-    ctx.dtypes = tuple(t.dtype for t in inputs)
-
-
-def dpo_backward(ctx, grad_loss: torch.Tensor) -> tuple:
-    """Closed form, with sig = sigmoid(-margin) and n = length (length_normalize) or 1:
-
-    d loss/d pi_c = -beta * sig / n_c - nll_weight / l_c     d loss/d pi_r = beta * sig / n_r
-    d loss/d ref_c = beta * sig / n_c                        d loss/d ref_r = -beta * sig / n_r
-    """
-    sig, nc, nr, lc = ctx.saved_tensors
-    g = grad_loss.float()
-    gc, gr = g * ctx.beta * sig / nc, g * ctx.beta * sig / nr
-    g_pc = -gc - g * ctx.nll_weight / lc if ctx.nll_weight else -gc
-    grads = (g_pc, gr, gc, -gr)
-    return (*(t.to(dt) for t, dt in zip(grads, ctx.dtypes, strict=True)), None, None, None, None, None)

@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from kernels.loss_backward import grpo_backward
 from kernels.paths import resolve_impl
 
 
@@ -154,9 +155,3 @@ class _FusedGRPO(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         return grpo_backward(ctx, grad_loss)
-
-
-def grpo_backward(ctx, grad_loss: torch.Tensor) -> tuple:
-    """d loss / d logprob = grad_loss * the saved derivative; the other inputs are data."""
-    (d_lp,) = ctx.saved_tensors
-    return (grad_loss * d_lp).to(ctx.lp_dtype), None, None, None, None, None, None, None

@@ -1,6 +1,6 @@
 """Per-token log-probs (and entropy) of chosen tokens from hidden states and the LM head,
-vocab-parallel under tensor parallelism: `token_logprobs(...)`, its three paths, and the
-log-sum-exp bookkeeping they share.
+vocab-parallel under tensor parallelism: `token_logprobs(...)` and its reference and torch paths
+(the log-sum-exp bookkeeping they share with the Triton path is `kernels/lse.py`).
 
     lp = token_logprobs(hidden, lm_head_weight, targets, tp_group=group)            # (N,) fp32
     lp, ent = token_logprobs(hidden, w, targets, return_entropy=True, impl="torch")
@@ -18,7 +18,7 @@ Paths (one signature; `impl` picks, see `kernels/paths.py`):
 
 Vocabulary sharding follows megatron's `VocabParallelEmbedding` layout: rank r owns rows
 `[r * V_local, (r + 1) * V_local)` of the LM head. Each rank computes its local max, sum-exp and
-target logit; `finish_stats` all-reduces them over `tp_group` (one MAX, then one SUM of a stacked
+target logit; `lse.finish_stats` all-reduces them over `tp_group` (one MAX, then one SUM of a stacked
 buffer), so the result equals the unsharded computation. The hidden states are replicated, so
 their gradient is all-reduced over the group in the backward.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from kernels.lse import compute_dtype, finish_stats, local_targets
 from kernels.paths import resolve_impl
 from kernels.tp import CopyToTP, ReduceFromTP, tp_size_rank
 
@@ -109,61 +110,6 @@ def token_logprobs_reference(
             dist.all_reduce(p_dot_z, group=tp_group)
         entropy = log_z.detach() - p_dot_z
     return logprobs, entropy
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared by the torch and Triton paths.
-
-
-def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: autocast's when it is on (what the reference's `@` gets), else the inputs'."""
-    device = hidden.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return torch.promote_types(hidden.dtype, weight.dtype)
-
-
-def local_targets(targets: torch.Tensor, v_local: int, group) -> torch.Tensor:
-    """(N,) target ids relative to this rank's shard; -1 where the target lives on another rank."""
-    _, tp_rank = tp_size_rank(group)
-    local_t = targets - tp_rank * v_local
-    return torch.where((local_t >= 0) & (local_t < v_local), local_t, torch.full_like(local_t, -1))
-
-
-def finish_stats(
-    m: torch.Tensor,  # (N,) this rank's max logit
-    s: torch.Tensor,  # (N,) sum exp(z - m) over this rank's vocabulary
-    a: torch.Tensor | None,  # (N,) sum exp(z - m) * (z - m), for the entropy
-    tgt: torch.Tensor,  # (N,) target logit, 0 where the target is on another rank
-    group,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Combine per-rank statistics over TP -> (logprobs, log_z, entropy or None), all (N,) fp32.
-
-    Two collectives: MAX of m, then one SUM of [s, tgt, a] rescaled to the global max.
-    """
-    tp_size, _ = tp_size_rank(group)
-    if tp_size > 1:
-        m_all = m.clone()
-        dist.all_reduce(m_all, op=dist.ReduceOp.MAX, group=group)
-        scale = (m - m_all).exp()
-        parts = [s * scale, tgt] + ([scale * (a + (m - m_all) * s)] if a is not None else [])
-        buf = torch.stack(parts)
-        dist.all_reduce(buf, group=group)
-        s, tgt = buf[0], buf[1]
-        a = buf[2] if a is not None else None
-        m = m_all
-    log_s = s.log()
-    log_z = m + log_s
-    entropy = log_s - a / s if a is not None else None
-    return tgt - log_z, log_z, entropy
-
-
-def merge_partials(m: torch.Tensor, s: torch.Tensor, a: torch.Tensor | None):
-    """Merge statistics of disjoint vocabulary ranges along the last dim: (N, K) -> (N,)."""
-    m_all = m.max(dim=-1).values
-    scale = (m - m_all[:, None]).exp()
-    a_all = (scale * (a + (m - m_all[:, None]) * s)).sum(-1) if a is not None else None
-    return m_all, (s * scale).sum(-1), a_all
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The Triton path of `token_logprobs` (see `kernels/logprob.py` for the contract and the math).
+"""The Triton path of `token_logprobs` (see `kernels/logprob.py` for the contract and the math,
+`kernels/lse.py` for the statistics it shares with the torch path).
 
 Forward (`_fwd_kernel`, fully fused): a 2-D grid of (row block, vocabulary split). Each program
 walks its split in [BLOCK_N, BLOCK_V] logit tiles, each a K-loop of `tl.dot` over H, and keeps an
@@ -24,7 +25,7 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 
-from kernels.logprob import compute_dtype, finish_stats, local_targets, merge_partials
+from kernels.lse import compute_dtype, finish_stats, local_targets, merge_partials
 from kernels.paths import triton_interpret
 from kernels.tp import tp_size_rank
 

@@ -1,6 +1,7 @@
 """Triton paths of the fused DPO and GRPO losses (contracts and math: `kernels/dpo.py`,
 `kernels/grpo.py`). Each is one elementwise kernel that writes the per-item loss, the metrics and
-d loss / d input; the backward multiplies that derivative by the incoming gradient (torch).
+d loss / d input; the backward multiplies that derivative by the incoming gradient (torch,
+`kernels/loss_backward.py`, shared with the torch paths).
 
 Imported on first use, like `kernels/logprob_triton.py` (the interpreter is chosen at import).
 """
@@ -11,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dpo import dpo_backward, save_for_dpo_backward
-from kernels.grpo import grpo_backward
+from kernels.loss_backward import dpo_backward, grpo_backward, save_for_dpo_backward
 from kernels.paths import triton_interpret
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def seed_model() -> Path:
     seed_dir = Path(os.environ.get("SEMIONLINE_SEED_DIR", REPO / ".cache" / "seed"))
     if not (seed_dir / "seed_report.json").exists():
-        from engine.seed import build_seed
+        from engine.demo.seed import build_seed
 
         build_seed(seed_dir, progress=False)
     return seed_dir

@@ -88,8 +88,8 @@ def save_learner_state(learner, out_dir: Path) -> None:
     if mesh.rank == 0:
         (out_dir / "model" / "config.json").write_text(json.dumps(hf_config_dict(policy), indent=2) + "\n")
         for name in TOKENIZER_FILES:  # so that the model folder is a complete HF checkpoint
-            if (Path(learner.cfg.model) / name).is_file():
-                shutil.copy2(Path(learner.cfg.model) / name, out_dir / "model" / name)
+            if (Path(learner.model_dir) / name).is_file():
+                shutil.copy2(Path(learner.model_dir) / name, out_dir / "model" / name)
         state = {
             "step": learner.step,
             "adam_step": adam_steps.pop() if adam_steps else 0,

@@ -6,11 +6,19 @@ shard), replicated across DP ranks like the parameters (see engine/parallel/grad
 
 Megatron marks sharded parameters with `tensor_model_parallel=True`; their squared norms are
 summed over the TP group, replicated parameters (norms, row-parallel biases) are counted once.
+
+Precision (docs/decisions.d/gpu.md): the parameters *are* the fp32 master weights. With
+`learner.dtype=bfloat16` the passes compute under `torch.autocast(bfloat16)` (bf16 matmuls and
+attention, fp32 norms, softmax and residual stream), gradients land in fp32 on the fp32 parameters,
+and AdamW updates them in fp32; there is no second copy. `precision_cost` gives the bytes per
+parameter; `build_optimizer` refuses low-precision parameters, which would silently drop the
+small updates (lr 1e-6) that bf16 cannot represent.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -18,8 +26,47 @@ import torch.distributed as dist
 from engine.config import OptimConfig
 
 
+@dataclass(frozen=True)
+class PrecisionCost:
+    """Bytes per parameter of this rank's shard during training (AdamW, state not sharded over DP)."""
+
+    param: int  # the fp32 master weight itself
+    grad: int  # its fp32 gradient
+    adam: int  # exp_avg + exp_avg_sq, fp32
+    cast_cache: int  # bf16 copy autocast keeps while a pass runs (transient, freed after the pass)
+
+    @property
+    def steady(self) -> int:
+        return self.param + self.grad + self.adam
+
+    @property
+    def peak(self) -> int:
+        return self.steady + self.cast_cache
+
+
+def precision_cost(dtype: str) -> PrecisionCost:
+    """`learner.dtype` -> bytes per trained parameter (the frozen reference adds 4, fp32, + 2 during
+    its bf16 passes). fp32: 16. bfloat16: the same 16 steady + 2 transient, because the fp32
+    parameters are the master weights (Megatron's bf16 + fp32-main-params scheme: 2 + 4 + 4 + 8 = 18)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"learner.dtype={dtype!r}: expected float32 or bfloat16")
+    return PrecisionCost(param=4, grad=4, adam=8, cast_cache=2 if dtype == "bfloat16" else 0)
+
+
+def check_master_weights(params) -> None:
+    """The optimizer steps fp32 master weights whatever `learner.dtype` is; a bf16 parameter here
+    would lose every update smaller than its 8-bit mantissa can hold."""
+    low = [tuple(p.shape) for p in params if p.requires_grad and p.dtype != torch.float32]
+    if low:
+        raise ValueError(
+            f"build_optimizer: {len(low)} trainable parameters are not fp32 (shapes {low[:3]}...): the "
+            "parameters are the optimizer's master weights; keep them fp32 and set learner.dtype=bfloat16 for "
+            "bf16 compute (autocast)")
+
+
 def build_optimizer(params, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     params = [p for p in params if p.requires_grad]
+    check_master_weights(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
@@ -47,7 +94,8 @@ def clip_grad_norm(params, max_norm: float, tp_group: dist.ProcessGroup | None =
             grads_sharded.append(p.grad)
         else:
             grads_replicated.append(p.grad)
-    sq = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros(())  # noqa: E731
+    device = next((g.device for g in grads_sharded + grads_replicated), torch.device("cpu"))
+    sq = lambda gs: torch.stack([g.float().pow(2).sum() for g in gs]).sum() if gs else torch.zeros((), device=device)  # noqa: E731
     sharded = sq(grads_sharded)
     if tp_group is not None and dist.get_world_size(tp_group) > 1:
         dist.all_reduce(sharded, group=tp_group)

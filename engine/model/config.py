@@ -1,7 +1,9 @@
 """`ModelConfig`: the decoder's architecture, and its round trip to a Hugging Face `config.json`.
 
-Covers the Llama and Qwen2 families (`LlamaForCausalLM`, `Qwen2ForCausalLM`): RMSNorm, RoPE
-(plain, or Llama-3.1 "llama3" scaling), grouped-query attention, SwiGLU MLP. Anything else in a
+Covers the Llama, Qwen2 and Qwen3 dense families (`LlamaForCausalLM`, `Qwen2ForCausalLM`,
+`Qwen3ForCausalLM`): RMSNorm, RoPE (plain, or Llama-3.1 "llama3" scaling), grouped-query
+attention, SwiGLU MLP; q/k/v bias for Qwen2; per-head RMSNorm of queries and keys before RoPE
+for Qwen3 (`qk_norm`). Anything else in a
 config (another activation, sliding windows, MLP bias, another RoPE type) is rejected with the
 key named, rather than silently computed differently from transformers and vLLM.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -44,7 +46,7 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q/k/v (Qwen2); never on o_proj
-    model_type: Literal["llama", "qwen2"] = "llama"
+    model_type: Literal["llama", "qwen2", "qwen3"] = "llama"
     rope_scaling: RopeScaling | None = None
     dtype: str | None = None  # dtype of the checkpoint's tensors, e.g. "bfloat16"
     bos_token_id: int | None = None
@@ -71,11 +73,16 @@ class ModelConfig:
         if self.model_type == "qwen2" and not self.attention_bias:
             raise ValueError("ModelConfig.attention_bias must be True for model_type 'qwen2' "
                              "(Qwen2 always has q/k/v bias)")
-        if self.model_type == "llama" and self.attention_bias:
-            raise ValueError("ModelConfig.attention_bias=True with model_type 'llama' means an o_proj bias too "
-                             "in Hugging Face, which this model does not implement")
+        if self.model_type in ("llama", "qwen3") and self.attention_bias:
+            raise ValueError(f"ModelConfig.attention_bias=True with model_type {self.model_type!r} means an o_proj "
+                             "bias too in Hugging Face, which this model does not implement")
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}: allowed {_DTYPES} or None")
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3: RMSNorm over each query and key head (one (head_dim,) weight each) before RoPE."""
+        return self.model_type == "qwen3"
 
     def check_tensor_parallel(self, tp_size: int) -> None:
         """Raise ValueError naming the field when this model cannot be split over `tp_size` ranks."""
@@ -177,6 +184,8 @@ class ModelConfig:
             d.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
         else:
             d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+        if self.model_type == "qwen3":
+            d.update(attention_bias=False, layer_types=["full_attention"] * self.num_layers)
         if self.dtype is not None:
             d.update(dtype=self.dtype, torch_dtype=self.dtype)
         return d

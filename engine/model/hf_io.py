@@ -29,6 +29,7 @@ from engine.model.config import ModelConfig
 from engine.model.llama import CausalLM, stage_layers
 from engine.model.specs import WeightSpec, local_targets, read_shard, weight_specs
 from engine.parallel.mesh import Mesh
+from kernels.tp import all_gather_dim
 
 __all__ = ["CheckpointError", "WeightSpec", "check_checkpoint_dir", "gather_hf", "iter_hf_weights", "load_model",
            "load_shards", "hf_config_dict", "save_hf", "tensor_files", "tokenizer_files", "weight_specs",
@@ -192,11 +193,7 @@ def gather_hf(model: CausalLM, local: dict[str, torch.Tensor], *,
             shard = local[spec.local_name].detach()
             if spec.local_rows is not None:
                 shard = shard[slice(*spec.local_rows)]
-            full = shard
-            if spec.tp_dim is not None and mesh.tp_size > 1:
-                parts = [torch.empty_like(shard) for _ in range(mesh.tp_size)]
-                dist.all_gather(parts, shard.contiguous(), group=mesh.tp_group)
-                full = torch.cat(parts, dim=spec.tp_dim)
+            full = shard if spec.tp_dim is None else all_gather_dim(shard, mesh.tp_group, dim=spec.tp_dim)
         elif not pp_broadcast:
             continue
         if pp_broadcast and mesh.pp_size > 1:

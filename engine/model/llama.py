@@ -1,4 +1,4 @@
-"""Llama / Qwen2 decoder (`CausalLM`) built from megatron-core tensor-parallel layers.
+"""Llama / Qwen2 / Qwen3 decoder (`CausalLM`) built from megatron-core tensor-parallel layers.
 
 The code reads as single-device code; tensor parallelism lives only in the layer types:
 
@@ -10,12 +10,15 @@ The code reads as single-device code; tensor parallelism lives only in the layer
     lm_head    ColumnParallelLinear     vocab rows split; the embedding's weight when tied
 
 Rank r of a TP group holds query heads [r*nh/tp, (r+1)*nh/tp) and the matching kv heads (so
-`num_key_value_heads` must divide by tp). Pipeline parallelism splits the layers by count
-(`stage_layers`): a rank builds only its stages' layers, the embedding on the first stage, the
-final norm and LM head on the last; `CausalLM.chunks` are its stages as modules for
-`engine.parallel.pipeline`. The HF <-> local name and packing table lives in `specs.py`. Groups
-come only from the `Mesh`; megatron's global `parallel_state` is never touched. Numeric convention: right-padded `input_ids (B, T)`, causal attention, no mask,
-positions 0..T-1; RoPE and RMSNorm follow Hugging Face's Llama exactly (fp32 inside).
+`num_key_value_heads` must divide by tp). Qwen3's per-head q/k RMSNorm weights are replicated;
+their gradients are summed over TP (`kernels.tp.copy_to_tp`), since each rank norms only its
+heads. Pipeline parallelism splits the layers by count (`stage_layers`): a rank builds only its
+stages' layers, the embedding on the first stage, the final norm and LM head on the last;
+`CausalLM.chunks` are its stages as modules for `engine.parallel.pipeline`. The HF <-> local
+name and packing table lives in `specs.py`. Groups come only from the `Mesh`; megatron's global
+`parallel_state` is never touched; the model's own TP collectives (beyond megatron's layers) are
+`kernels/tp.py`'s. Numeric convention: right-padded `input_ids (B, T)`, causal attention, no
+mask, positions 0..T-1; RoPE and RMSNorm follow Hugging Face's Llama / Qwen exactly (fp32 inside).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 from engine.model.config import ModelConfig
 from engine.model.specs import LocalTarget, local_targets, read_shard, seeded_hf_tensor, weight_specs
 from engine.parallel.mesh import Mesh
+from kernels.tp import copy_to_tp, gather_from_tp
 
 with warnings.catch_warnings():  # megatron.core warns at import that TE/Apex are absent: expected on CPU
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
@@ -40,15 +44,20 @@ with warnings.catch_warnings():  # megatron.core warns at import that TE/Apex ar
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype):
+    """RMSNorm over the last dim (fp32 inside, as Hugging Face). With `tp_group`, the weight is
+    replicated but applied to this rank's heads only (Qwen3's q/k norm): its gradient is a partial
+    sum, completed over the group by `copy_to_tp` (identity forward, all-reduce backward)."""
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype, tp_group: dist.ProcessGroup | None = None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.tp_group = eps, tp_group
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        weight = self.weight if self.tp_group is None else copy_to_tp(self.weight, self.tp_group)
+        return weight * x32.to(x.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -101,14 +110,22 @@ class Attention(nn.Module):
         self.out = RowParallelLinear(
             q_size, cfg.hidden_size, config=mp, bias=False, input_is_parallel=True, skip_bias_add=False,
             init_method=_unused, tp_group=mesh.tp_group)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:  # Qwen3: per-head RMSNorm of q and k, before RoPE
+            group = mesh.tp_group if mesh.tp_size > 1 else None
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, mp.params_dtype, tp_group=group)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, mp.params_dtype, tp_group=group)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         qkv, _ = self.qkv(x)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.heads, self.head_dim)
+        k = k.view(B, T, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.heads != self.kv_heads)
@@ -164,7 +181,7 @@ def stage_layers(num_layers: int, pp_size: int, virtual_stages: int = 1) -> list
 
 
 class CausalLM(nn.Module):
-    """Tensor- and pipeline-parallel Llama/Qwen2 decoder; each rank holds its shard of its stages.
+    """Tensor- and pipeline-parallel Llama/Qwen2/Qwen3 decoder; each rank holds its shard of its stages.
 
     A rank holds the layers of its pipeline stages (`layers`, keyed by global layer index, so
     parameter names match `specs.weight_specs` at every layout), the embedding on the first stage,
@@ -261,7 +278,7 @@ class CausalLM(nn.Module):
 
     def gather_logits(self, local_logits: torch.Tensor) -> torch.Tensor:
         """(B, T, V/tp) -> (B, T, V) on every TP rank; for tests and eval (memory: full vocab)."""
-        return _GatherLastDim.apply(local_logits, self.mesh.tp_group)
+        return gather_from_tp(local_logits, self.mesh.tp_group, dim=-1)
 
 
 class StageChunk(nn.Module):
@@ -297,26 +314,3 @@ def _mark_tensor_parallel(model: nn.Module) -> None:
 
 def _unused(master: torch.Tensor) -> None:  # megatron wants an init method; `CausalLM` inits from specs
     raise AssertionError("megatron init called with perform_initialization=False")
-
-
-class _GatherLastDim(torch.autograd.Function):
-    """All-gather along the last dim over `group`; backward keeps this rank's slice.
-
-    Megatron's `gather_from_tensor_model_parallel_region` does the same but allocates its buffer
-    with `torch.cuda.current_device()`, so it cannot run on CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.rank, ctx.size = dist.get_rank(group), dist.get_world_size(group)
-        if ctx.size == 1:
-            return x
-        parts = [torch.empty_like(x) for _ in range(ctx.size)]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=-1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if ctx.size == 1:
-            return grad, None
-        return grad.chunk(ctx.size, dim=-1)[ctx.rank].contiguous(), None

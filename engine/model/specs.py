@@ -6,14 +6,15 @@ weight streaming to the sampler and the training-state checkpoint all go through
 Per decoder layer i (local names under `layers.{i}.`, HF names under `model.layers.{i}.`; i is the
 global layer index at every pipeline layout):
 
-    HF name                         local param          TP split (HF dim)  packing in local dim 0
-    self_attn.{q,k,v}_proj.weight   attn.qkv.weight      0                  [q_r; k_r; v_r]
-    self_attn.{q,k,v}_proj.bias     attn.qkv.bias        0                  [q_r; k_r; v_r]
-    self_attn.o_proj.weight         attn.out.weight      1
-    mlp.{gate,up}_proj.weight       mlp.gate_up.weight   0                  [gate_r; up_r]
-    mlp.down_proj.weight            mlp.down.weight      1
-    input_layernorm.weight          attn_norm.weight     replicated
-    post_attention_layernorm.weight mlp_norm.weight      replicated
+    HF name                         local param             TP split (HF dim)  packing in local dim 0
+    self_attn.{q,k,v}_proj.weight   attn.qkv.weight         0                  [q_r; k_r; v_r]
+    self_attn.{q,k,v}_proj.bias     attn.qkv.bias           0                  [q_r; k_r; v_r]  (Qwen2)
+    self_attn.o_proj.weight         attn.out.weight         1
+    self_attn.{q,k}_norm.weight     attn.{q,k}_norm.weight  replicated         (Qwen3; (head_dim,))
+    mlp.{gate,up}_proj.weight       mlp.gate_up.weight      0                  [gate_r; up_r]
+    mlp.down_proj.weight            mlp.down.weight         1
+    input_layernorm.weight          attn_norm.weight        replicated
+    post_attention_layernorm.weight mlp_norm.weight         replicated
 
 plus `model.embed_tokens.weight` -> `embed.weight` (0, first stage), `model.norm.weight` ->
 `norm.weight` (replicated, last stage), `lm_head.weight` -> `lm_head.weight` (0, last stage;
@@ -43,6 +44,8 @@ _LAYER_TABLE: tuple[tuple[str, str, int | None], ...] = (
     ("self_attn.k_proj.bias", "attn.qkv.bias", 0),
     ("self_attn.v_proj.bias", "attn.qkv.bias", 0),
     ("self_attn.o_proj.weight", "attn.out.weight", 1),
+    ("self_attn.q_norm.weight", "attn.q_norm.weight", None),
+    ("self_attn.k_norm.weight", "attn.k_norm.weight", None),
     ("mlp.gate_proj.weight", "mlp.gate_up.weight", 0),
     ("mlp.up_proj.weight", "mlp.gate_up.weight", 0),
     ("mlp.down_proj.weight", "mlp.down.weight", 1),
@@ -82,12 +85,23 @@ def _hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "self_attn.k_proj.bias": (kv,),
         "self_attn.v_proj.bias": (kv,),
         "self_attn.o_proj.weight": (h, q),
+        "self_attn.q_norm.weight": (cfg.head_dim,),
+        "self_attn.k_norm.weight": (cfg.head_dim,),
         "mlp.gate_proj.weight": (cfg.intermediate_size, h),
         "mlp.up_proj.weight": (cfg.intermediate_size, h),
         "mlp.down_proj.weight": (h, cfg.intermediate_size),
         "input_layernorm.weight": (h,),
         "post_attention_layernorm.weight": (h,),
     }
+
+
+def _in_model(hf_suffix: str, cfg: ModelConfig) -> bool:
+    """Whether a `_LAYER_TABLE` row exists in this architecture (q/k/v bias: Qwen2; q/k norm: Qwen3)."""
+    if hf_suffix.endswith(".bias"):
+        return cfg.attention_bias
+    if hf_suffix in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+        return cfg.qk_norm
+    return True
 
 
 def weight_specs(cfg: ModelConfig, tp_size: int) -> list[WeightSpec]:
@@ -97,7 +111,7 @@ def weight_specs(cfg: ModelConfig, tp_size: int) -> list[WeightSpec]:
     packed_offset: dict[str, int] = {}
     packed = {local for _, local, _ in _LAYER_TABLE if sum(row[1] == local for row in _LAYER_TABLE) > 1}
     for hf, local, tp_dim in _LAYER_TABLE:
-        if hf.endswith(".bias") and not cfg.attention_bias:
+        if not _in_model(hf, cfg):
             continue
         rows = None
         if local in packed:

@@ -1,8 +1,8 @@
 """Gradient synchronisation after the last micro-batch of a step: data parallelism and the tied
 embedding across pipeline stages.
 
-    sync_gradients(model)          # DP sum, then first/last-stage embedding sum
-    clip_grad_norm(model.parameters(), max_norm, model.mesh)   # engine.learner.optim
+    sync_gradients(model)    # DP sum, then first/last-stage embedding sum
+    norm = clip_grad_norm(model.parameters(), max_norm, mesh.tp_group, mesh.pp_group)  # engine.learner.optim
 
 Data parallelism is DDP's scheme — every DP rank holds a full replica of its (tp, pp) shard and the
 gradients are all-reduced — done explicitly, once per step, in flat buckets, instead of through

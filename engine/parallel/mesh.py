@@ -22,9 +22,16 @@ Groups (all real process groups, size 1 included, so callers never branch on Non
     dp_group     the replicas of one shard (gradient all-reduce)
     embed_group  first + last stage of one pipeline, for the tied-embedding gradient sum
                  (only when pp_size > 1; None otherwise)
+    object_group gloo over all ranks of the mesh: pickled objects (`engine.parallel.objects`),
+                 whatever backend the tensor groups use
+
+The device comes from `engine.parallel.device.resolve_device` (``learner.device``): on CUDA the
+tensor groups are ``cpu:gloo,cuda:nccl`` (NCCL for CUDA tensors, gloo for stray CPU scalars) and
+the rank computes on ``cuda:LOCAL_RANK``; on CPU everything is gloo.
 
     mesh = Mesh.init(tp_size=2, pp_size=2)     # under `torchrun --nproc-per-node 8 …`: dp = 2
     mesh = Mesh.init()                         # plain `python …`: a 1-rank gloo group, no network
+    mesh = Mesh.init(tp_size=2, device=resolve_device("auto", local_rank()))  # cuda:LOCAL_RANK + NCCL
     with Mesh.init(tp_size=1) as mesh:         # destroys what it created on exit (tests)
         ...
     mesh = Mesh.sub_mesh(2, 1, 1)              # tests/benchmarks: a layout over ranks 0..1 of a
@@ -38,6 +45,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from engine.parallel.device import OBJECT_BACKEND, backend_for, device_for_backend, local_rank
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -60,18 +69,29 @@ class Mesh:
     embed_group: dist.ProcessGroup | None = None  # first + last stage; None when pp_size == 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_default_group: bool = False  # True when `init` created the default process group
+    object_group: dist.ProcessGroup | None = None  # gloo, all mesh ranks: pickled objects
+    backend: str = "gloo"  # the tensor groups' backend (`device.backend_for(device)`)
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, tp_size: int = 1, pp_size: int = 1, backend: str = "gloo") -> Mesh:
+    def init(cls, tp_size: int = 1, pp_size: int = 1, backend: str | None = None, *,
+             device: torch.device | str | None = None) -> Mesh:
         """Build the mesh for this process (collective: every rank of the job must call it).
 
         The data-parallel size is what is left: ``world_size // (tp_size * pp_size)``.
         Initialises torch.distributed if nobody has: from torchrun's environment variables when
         they are set, otherwise as a single-rank group backed by an in-process store (no port,
         no network), so that megatron layers always receive a real group.
+
+        `device` (from `resolve_device`) picks the backend; without it, `backend` picks the device
+        (``"nccl"`` -> ``cuda:LOCAL_RANK``, the older call), and with neither it is CPU + gloo.
         """
+        device = _pick_device(device, backend)
+        if backend is None:
+            backend = backend_for(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         owns = _ensure_default_group(backend)
         world_size = dist.get_world_size()
         if tp_size < 1 or pp_size < 1 or world_size % (tp_size * pp_size) != 0:
@@ -79,26 +99,29 @@ class Mesh:
                 f"Mesh.init: tp_size={tp_size} x pp_size={pp_size} must divide the number of ranks "
                 f"world_size={world_size} (the data-parallel size is the quotient)"
             )
-        mesh = cls._build(tp_size, pp_size, world_size // (tp_size * pp_size), owns)
+        mesh = cls._build(tp_size, pp_size, world_size // (tp_size * pp_size), owns, device)
         assert mesh is not None
         return mesh
 
     @classmethod
-    def sub_mesh(cls, tp_size: int, pp_size: int, dp_size: int) -> Mesh | None:
+    def sub_mesh(cls, tp_size: int, pp_size: int, dp_size: int, *,
+                 device: torch.device | str | None = None) -> Mesh | None:
         """A mesh over global ranks ``0 .. tp*pp*dp - 1`` of an already initialised job; None on
         the ranks outside it. Collective over the whole job (group creation). Lets one torchrun
-        job test or benchmark several layouts without re-spawning processes."""
+        job test or benchmark several layouts without re-spawning processes. Without `device`,
+        CUDA when the job's default backend includes NCCL, else CPU."""
         n = tp_size * pp_size * dp_size
         if n > dist.get_world_size():
             raise ValueError(
                 f"Mesh.sub_mesh: {tp_size}x{pp_size}x{dp_size} needs {n} ranks, "
                 f"the job has {dist.get_world_size()}"
             )
-        return cls._build(tp_size, pp_size, dp_size, owns=False)
+        return cls._build(tp_size, pp_size, dp_size, False, _pick_device(device, dist.get_backend()))
 
     @classmethod
-    def _build(cls, tp: int, pp: int, dp: int, owns: bool) -> Mesh | None:
+    def _build(cls, tp: int, pp: int, dp: int, owns: bool, device: torch.device) -> Mesh | None:
         rank = dist.get_rank()
+        backend = backend_for(device)
 
         def coord_rank(t: int, d: int, p: int) -> int:
             return (p * dp + d) * tp + t
@@ -107,7 +130,7 @@ class Mesh:
         mine: dict[str, dist.ProcessGroup] = {}
 
         def make(axis: str, ranks: list[int]) -> None:
-            group = dist.new_group(ranks)
+            group = dist.new_group(ranks, backend=backend)
             if rank in ranks:
                 mine[axis] = group
 
@@ -124,12 +147,14 @@ class Mesh:
             for d in range(dp):
                 for t in range(tp):
                     make("embed", [coord_rank(t, d, 0), coord_rank(t, d, pp - 1)])
-        if rank >= tp * pp * dp:
+        n = tp * pp * dp
+        if n == dist.get_world_size() and dist.get_backend() == OBJECT_BACKEND:
+            object_group = dist.group.WORLD  # the default group already is gloo over these ranks
+        else:
+            object_group = dist.new_group(list(range(n)), backend=OBJECT_BACKEND)
+        if rank >= n:
             return None
-
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cuda":
             torch.cuda.set_device(device)
         return cls(
             world_size=tp * pp * dp,
@@ -146,6 +171,8 @@ class Mesh:
             embed_group=mine.get("embed"),
             device=device,
             owns_default_group=owns,
+            object_group=object_group,
+            backend=backend,
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -183,8 +210,8 @@ class Mesh:
         if self.owns_default_group:
             dist.destroy_process_group()  # destroys every group
             return
-        for group in (self.tp_group, self.dp_group, self.pp_group, self.embed_group):
-            if group is not None:
+        for group in (self.tp_group, self.dp_group, self.pp_group, self.embed_group, self.object_group):
+            if group is not None and group is not dist.group.WORLD:
                 dist.destroy_process_group(group)
 
     def __enter__(self) -> Mesh:
@@ -192,6 +219,13 @@ class Mesh:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _pick_device(device: torch.device | str | None, backend: str | None) -> torch.device:
+    if device is None:
+        return device_for_backend(backend or "gloo", local_rank())
+    device = torch.device(device)
+    return torch.device("cuda", local_rank()) if device.type == "cuda" and device.index is None else device
 
 
 def _ensure_default_group(backend: str) -> bool:

@@ -12,9 +12,16 @@ stdlib only (urllib and a thread pool), so it adds no dependency and runs from a
 
 Failure handling. A request that times out, cannot connect, is cut off mid-reply, gets HTTP 429 or 5xx, or gets a reply
 with no parseable verdict is retried up to `max_retries` times, with exponential backoff and
-jitter. Other 4xx errors are not retried (the request itself is wrong). A judgement that still
-fails is `None` and counted in `failures`. The trainer drops those samples instead of scoring
-them 0, which would teach the policy that the judge's outage was its fault.
+jitter. A judgement that still fails is `None` and counted in `failures`: the trainer drops those
+samples instead of scoring them 0, which would teach the policy that the judge's outage was its
+fault. Answers that no retry can fix stop the call with `JudgeError` carrying the server's own
+message: HTTP 401/403 (the key), 404 (the URL or model name), and a reply that is JSON but not a
+chat completion (not an OpenAI-compatible endpoint). Otherwise a misconfigured judge would make a
+run drop every sample and train on nothing for as long as it runs. Other 4xx answers (e.g. 400
+for one over-long request) fail that judgement only, without retries.
+
+`JudgeConfig` is the one judge configuration: a pydantic model that engine/config.py uses as the
+`judge:` section of a task, so every field below is settable from YAML and checked at load time.
 
 The API key is read from the environment variable named by `api_key_env` when the request is
 sent. It is never stored on the object, never put in an error message, and never logged.
@@ -34,7 +41,10 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 POINTWISE_TEMPLATE = (
     "Please act as an impartial judge and rate the response to the user's request below on a scale "
@@ -51,21 +61,48 @@ _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
+_FATAL_STATUS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+
+
+class JudgeConfig(BaseModel):
+    """An OpenAI-compatible judge endpoint and how it is asked (YAML: a task's `judge:` section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     base_url: str  # e.g. "http://127.0.0.1:8000/v1"
     model: str
     api_key_env: str | None = None  # name of the environment variable holding the key (never the key)
     pointwise_template: str = POINTWISE_TEMPLATE  # fields: {prompt}, {response}
     pairwise_template: str = PAIRWISE_TEMPLATE  # fields: {prompt}, {response_a}, {response_b}
     score_range: tuple[float, float] = (1.0, 10.0)  # a parsed score outside it is a parse failure
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    backoff_s: float = 0.5  # first retry waits ~backoff_s, then doubles (with jitter)
-    max_tokens: int = 512
-    temperature: float = 0.0
-    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. vLLM's {"structured_outputs": {...}}
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0.0)  # first retry waits ~backoff_s, then doubles (with jitter)
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    extra_body: dict[str, Any] = {}  # merged into every request, e.g. vLLM's {"structured_outputs": {...}}
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeConfig:
+        lo, hi = self.score_range
+        if not lo < hi:
+            raise ValueError(f"score_range {list(self.score_range)}: needs low < high")
+        for key, allowed in (("pointwise_template", {"prompt", "response"}),
+                             ("pairwise_template", {"prompt", "response_a", "response_b"})):
+            found = _fields(getattr(self, key))
+            if found != allowed:
+                raise ValueError(f"{key}: fields {sorted(found)}, expected exactly {sorted(allowed)} "
+                                 "(literal braces are doubled: {{ }})")
+        return self
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint answered in a way no retry can fix; carries the server's message."""
 
 
 @dataclass
@@ -99,10 +136,12 @@ def parse_preference(text: str) -> float | None:
     return {"A": 1.0, "B": 0.0, "C": 0.5}[found[-1]] if found else None
 
 
+class _Stop(Exception):  # becomes JudgeError in the caller's thread
+    pass
+
+
 class Judge:
     def __init__(self, cfg: JudgeConfig):
-        if cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0:
-            raise ValueError(f"JudgeConfig needs max_concurrency >= 1, max_retries >= 0, timeout_s > 0: {cfg}")
         if cfg.api_key_env is not None and not os.environ.get(cfg.api_key_env):
             raise ValueError(f"judge api_key_env={cfg.api_key_env!r}: that environment variable is not set")
         self.cfg = cfg
@@ -132,10 +171,17 @@ class Judge:
         result = JudgeResult(scores=[None] * len(messages))
         if not messages:
             return result
-        with ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(messages))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(messages)))
+        try:
             futures = [pool.submit(self._judge_one, m, parse, result) for m in messages]
             for i, f in enumerate(futures):
                 result.scores[i] = f.result()
+        except _Stop as e:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise JudgeError(f"judge {self.cfg.base_url} (model {self.cfg.model!r}): {e}; not retried, as no retry "
+                             "can fix it: check judge.base_url, judge.model and judge.api_key_env") from None
+        finally:
+            pool.shutdown(wait=True)
         result.failures = sum(s is None for s in result.scores)
         return result
 
@@ -183,6 +229,8 @@ class Judge:
         except urllib.error.HTTPError as e:  # the message names the status only, never the headers
             if e.code in _RETRY_STATUS:
                 raise _Retryable(f"HTTP {e.code}") from None
+            if e.code in _FATAL_STATUS:
+                raise _Stop(f"HTTP {e.code} {_FATAL_STATUS[e.code]}: {self._server_message(e)}") from None
             raise _Fatal(f"HTTP {e.code}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -194,6 +242,24 @@ class Judge:
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise _Retryable("reply without choices[0].message.content") from None
+            raise _Stop(f"a reply without choices[0].message.content (not an OpenAI chat-completions reply): "
+                        f"{self._redact(json.dumps(payload)[:300])}") from None
+
+    def _redact(self, text: str) -> str:
+        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+        return text.replace(key, "***") if key else text
+
+    def _server_message(self, e: urllib.error.HTTPError) -> str:
+        """The server's own explanation: OpenAI-style {"error": {"message"}} or the body's start."""
+        try:
+            body = e.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no body)"
+        try:
+            err = json.loads(body).get("error", body)
+            text = err.get("message", json.dumps(err)) if isinstance(err, dict) else str(err)
+        except (ValueError, AttributeError):
+            text = body
+        return self._redact(" ".join(text.split())[:300]) or "(empty body)"
 
 

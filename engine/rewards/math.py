@@ -9,10 +9,10 @@ Why a worker process. math-verify 0.9 bounds its own time with ``signal.alarm`` 
 the only escape it offers is ``parsing_timeout=None`` / ``timeout_seconds=None`` (no bound at all),
 and an alarm cannot interrupt a long C call. A response such as ``\\boxed{9^{9^{9^{9}}}}`` parses in
 milliseconds, then ``verify`` runs until killed. So parsing and verifying run in small persistent
-worker processes (``python -c`` loading only this file: stdlib + math-verify, no torch, no re-import
+worker processes (``python -c`` loading only ``math_worker.py``: stdlib + math-verify, no torch, no re-import
 of the caller's ``__main__``) with math-verify's signal timeouts off; the caller waits on a pipe
 with a real deadline from any thread and kills and replaces a worker that overruns. Measured on
-the shared 2-core dev machine (`launch/bench_math_reward.py`): 0.04-0.25 ms of pipe round trip per
+the shared 2-core dev machine (`engine/bench/math_reward.py`): 0.04-0.25 ms of pipe round trip per
 answer, against 1-5 ms for math-verify itself on MATH-500 answers, so the worker path is no slower
 than in-process math-verify (which pays a SIGALRM set-up per parse and per comparison); a
 replacement worker takes 0.3-0.5 s to start after a timeout. The deadline runs from when an answer
@@ -22,7 +22,9 @@ per-answer CPU time (``RLIMIT_AS``/``RLIMIT_CPU``): they cannot eat the machine 
 parent by more than one answer.
 
 Never raises on a response: no answer, an over-long answer, a parse failure, a crash or a timeout
-all score 0.0 and are counted in `MathRewardStats` (log them as ``reward/timeouts`` etc.).
+all score 0.0 and are counted in `MathRewardStats` (log them as ``reward/timeouts`` etc.); the first
+`MAX_LOGGED_PROBLEMS` crashes and timeouts of a verifier are also logged (logger ``engine.rewards.math``)
+with the answer, the reference and the reason, so a count is never the only trace of a problem.
 Bad references (empty, or a long text with no final answer) raise `ValueError`: that is a data bug.
 
     from engine.rewards.math import math_reward, math_reward_batch, MathVerifier
@@ -35,21 +37,25 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import re
 import select
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
+from engine.rewards.math_worker import Worker as _Worker
+
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 _COMMA_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+MAX_LOGGED_PROBLEMS = 5  # per verifier: crashes / timeouts logged with their answer text
+log = logging.getLogger(__name__)
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -149,51 +155,6 @@ class MathRewardStats:
         return {f"{prefix}{k}": float(v) for k, v in asdict(self).items()}
 
 
-class _Worker:
-    """One math-verify process speaking JSON lines on stdin/stdout (see `_serve`)."""
-
-    def __init__(self, memory_bytes: int) -> None:
-        boot = (
-            "import importlib.util, sys\n"
-            "spec = importlib.util.spec_from_file_location('_semionline_math_worker', sys.argv[1])\n"
-            "mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"
-            "spec.loader.exec_module(mod); mod._serve(int(sys.argv[2]))\n"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", boot, os.path.abspath(__file__), str(memory_bytes)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            start_new_session=True,  # the terminal's Ctrl-C goes to the caller, which reaps us
-        )
-        self.fd = self.proc.stdout.fileno()
-        self.buffer = b""
-        self.ready = False
-        self.started = time.monotonic()
-        self.job: int | None = None
-        self.deadline = 0.0
-
-    def send(self, job: int, pred: str, gold: str, timeout_s: float) -> None:
-        self.job, self.deadline = job, time.monotonic() + timeout_s
-        self.proc.stdin.write((json.dumps([job, pred, gold, timeout_s]) + "\n").encode())
-
-    def read_lines(self) -> list[str] | None:
-        """Complete lines now readable, or None at end of file (the process died)."""
-        chunk = os.read(self.fd, 1 << 16)
-        if not chunk:
-            return None
-        self.buffer += chunk
-        *lines, self.buffer = self.buffer.split(b"\n")
-        return [line.decode() for line in lines]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            stream.close()
-
-
 class MathVerifier:
     """A pool of math-verify worker processes, safe to call from any thread.
 
@@ -218,6 +179,7 @@ class MathVerifier:
         self.worker_memory_bytes = worker_memory_bytes
         self.startup_timeout_s = startup_timeout_s
         self._workers: list[_Worker] = []
+        self._logged = 0
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -297,7 +259,7 @@ class MathVerifier:
                     w.kill()
                     raise RuntimeError(
                         f"math-verify worker did not start within {self.startup_timeout_s} s "
-                        f"({sys.executable} loading {__file__}); see its stderr above"
+                        f"({sys.executable} loading {_Worker.script()}); see its stderr above"
                     )
                 if w.ready and w.job is not None and now > w.deadline:
                     self._replace(w, stats, "timeouts")
@@ -319,48 +281,23 @@ class MathVerifier:
                 rewards[w.job] = 1.0 if message[1] == "correct" else 0.0
                 if message[1] == "error":
                     stats.errors += 1
+                    self._log(w, "error", message[2] if len(message) > 2 else "unknown")
                 w.job = None
+
+    def _log(self, w: _Worker, kind: str, reason: str) -> None:
+        if self._logged < MAX_LOGGED_PROBLEMS:
+            self._logged += 1
+            pred, gold = w.texts
+            log.warning("math-verify %s (%d/%d logged): answer %.200r vs reference %.200r: %s", kind, self._logged,
+                        MAX_LOGGED_PROBLEMS, pred, gold, reason)
 
     def _replace(self, w: _Worker, stats: MathRewardStats, counter: str) -> None:
         """Count the lost answer (it scores 0.0), kill the worker and start a fresh one in its place."""
         setattr(stats, counter, getattr(stats, counter) + 1)
+        if w.job is not None:
+            self._log(w, counter.rstrip("s"), "the worker overran its deadline or died; killed and replaced")
         w.kill()
         self._workers[self._workers.index(w)] = _Worker(self.worker_memory_bytes)
-
-
-def _serve(memory_bytes: int) -> None:
-    """Worker main loop: ``[job, pred, gold, timeout_s]`` in, ``[job, "correct"|"wrong"|"error"]`` out."""
-    import functools
-    import logging
-    import math
-    import resource
-
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
-    if memory_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, resource.RLIM_INFINITY))
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # our caller enforces the time limit
-    config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-
-    @functools.lru_cache(maxsize=4096)
-    def parsed(answer: str) -> list:
-        return parse("\\boxed{" + answer + "}", extraction_config=config, parsing_timeout=None)
-
-    protocol.write('"ready"\n')
-    for line in sys.stdin:
-        job, pred, gold, timeout_s = json.loads(line)
-        cpu_used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-        cpu_cap = int(math.ceil(cpu_used + timeout_s)) + 5  # SIGXCPU ends us if the caller cannot
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_cap, resource.RLIM_INFINITY))
-        try:
-            gold_parsed, pred_parsed = parsed(gold), parsed(pred)
-            ok = bool(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=None)
-            outcome = "correct" if ok else "wrong"
-        except Exception:  # math-verify catches its own; this is MemoryError/RecursionError-class
-            outcome = "error"
-        protocol.write(json.dumps([job, outcome]) + "\n")
 
 
 _default: MathVerifier | None = None

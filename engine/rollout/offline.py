@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from engine.config import RunConfig
+from engine.files import atomic_write
 
 
 def pool_key(cfg: RunConfig) -> str:
@@ -39,8 +39,5 @@ def cached_pool(path: Path, key: str, make: Callable[[], list]) -> list:
             return saved["pool"]
         print(f"offline rollouts: {path} was made for other settings; making a new pool", flush=True)
     pool = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"key": key, "pool": pool}, tmp)
-    os.replace(tmp, path)  # atomic: a reader sees the old pool or the whole new one
+    atomic_write(path, lambda tmp: torch.save({"key": key, "pool": pool}, tmp))
     return pool

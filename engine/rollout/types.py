@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.config import DPOConfig, GRPOConfig
+
+DEFAULT = "default"  # the one task of a run without `tasks:`
+
+
+def metric_prefix(prefix: str, task: str) -> str:
+    """`prefix/task`, or `prefix` alone for the default task (its metrics are the run's:
+    `eval/accuracy`, `logprob/chosen`, ...)."""
+    return prefix if task == DEFAULT else f"{prefix}/{task}"
+
 
 @dataclass
 class Rollout:
@@ -20,6 +30,7 @@ class Rollout:
     version: int  # sampler weight version that generated it
     finish_reason: str = "stop"
     task: str = "math"
+    ref_logprobs: list[float] | None = None  # (len(response_ids),) the reference's, when computed ahead
 
 
 @dataclass
@@ -43,6 +54,8 @@ class TaskBatch:
     weight: float  # mixture weight (normalised over all tasks by the learner)
     pairs: list[PreferencePair] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
+    dpo: DPOConfig | None = None  # the task's DPO settings (None: DPOConfig's defaults)
+    grpo: GRPOConfig | None = None  # the task's GRPO settings
 
 
 @dataclass
@@ -57,3 +70,13 @@ class RolloutBatch:
     reward_timeouts: int = 0
     parts: list[TaskBatch] = field(default_factory=list)  # multi-task runs: one per task
     reward_failures: int = 0  # judgements dropped after retries
+    reward_errors: dict[str, int] = field(default_factory=dict)  # task -> samples whose reward errored
+
+
+@dataclass
+class Produced:
+    """One step's batch and what producing it cost (measured where it was made, e.g. the
+    overlap producer thread)."""
+
+    batch: RolloutBatch
+    times: dict[str, float]  # time/generate, time/reward (seconds), time/at_produce_start|end

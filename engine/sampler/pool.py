@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 
+from engine.parallel.split import even_split
 from engine.sampler.transport import PushStats
 from engine.sampler.vllm_engine import Sample, VLLMSampler
 
@@ -69,17 +70,6 @@ def node_leaders() -> list[int]:
     return leaders
 
 
-def split(count: int, parts: int) -> list[tuple[int, int]]:
-    """`parts` contiguous (start, stop) ranges covering range(count), sizes differing by at most 1."""
-    per, extra = divmod(count, parts)
-    out, start = [], 0
-    for k in range(parts):
-        stop = start + per + (1 if k < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
-
-
 class EnginePool:
     """The driver's handle on every node's engine (the `VLLMSampler` methods the orchestrator uses)."""
 
@@ -96,7 +86,7 @@ class EnginePool:
 
     def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float, top_p: float,
                  max_tokens: int, stop_token_ids: list[int] | None = None, seed: int | None = None) -> list[list[Sample]]:
-        slices = split(len(prompt_token_ids), self.engines)
+        slices = even_split(len(prompt_token_ids), self.engines)
         kwargs = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop_token_ids=stop_token_ids)
         jobs = [(prompt_token_ids[a:b], None if seed is None else seed + a * n) for a, b in slices]
         self._command(("generate", jobs, kwargs))

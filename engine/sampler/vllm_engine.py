@@ -56,7 +56,7 @@ Choices, and why:
   the plugin `engine/sampler/vllm_plugin.py` (entry point `vllm.general_plugins`) makes them block
   on the writer's notification instead, re-checking at least every `quiet_wait_ms`. Outside it
   they spin as vLLM does, which is 10-20% faster for generation alone.
-- `sleep_mode=True` (GPU only: vLLM's sleep mode needs CUDA) enables `sleep()` / `wake_up()`,
+- `placement="time_sliced"` (GPU only: vLLM's sleep mode needs CUDA) enables `sleep()` / `wake_up()`,
   the time-sliced placement: the engine frees its GPU memory while the learner trains.
 - Prefix caching stays on (a group of n samples shares its prompt's KV); the cache is reset after
   every push, since cached KV was computed with the old weights.
@@ -73,6 +73,8 @@ from pathlib import Path
 
 import torch
 
+from engine.config import SamplerConfig
+from engine.parallel.split import even_split
 from engine.sampler import vllm_plugin
 from engine.sampler.transport import (
     WORKER_EXTENSION_QUALNAME,
@@ -105,14 +107,8 @@ def cpu_bind_lists(tp: int, cores: list[int] | None = None) -> str:
     cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
     if tp > len(cores):
         raise ValueError(f"VLLMSampler: tp={tp} CPU workers need {tp} cores, this process may use {len(cores)}")
-    per, extra = divmod(len(cores), tp)
-    lists, start = [], 0
-    for k in range(tp):
-        n = per + (1 if k < extra else 0)
-        chunk = cores[start : start + n]
-        lists.append(f"{chunk[0]}-{chunk[-1]}" if n > 1 else str(chunk[0]))
-        start += n
-    return "|".join(lists)
+    chunks = [cores[start:stop] for start, stop in even_split(len(cores), tp)]
+    return "|".join(f"{c[0]}-{c[-1]}" if len(c) > 1 else str(c[0]) for c in chunks)
 
 
 @contextlib.contextmanager
@@ -137,96 +133,90 @@ def _scoped_environ(overrides: dict[str, str | None]) -> Iterator[None]:
 class VLLMSampler:
     """A vLLM engine for an RL loop: token-id prompts in, samples with log-probs out, weights pushed in place."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        seed: int = 0,
-        max_model_len: int = 512,
-        dtype: str = "float32",
-        kv_cache_gib: float = 1.0,
-        separate_process: bool = True,
-        bucket_mib: float = 64.0,
-        transport: str = "auto",
-        sleep_mode: bool = False,
-        quiet_wait_ms: float | str | None = "auto",
-        tp: int = 1,
-    ):
+    def __init__(self, model_dir: str, cfg: SamplerConfig | None = None, *, seed: int = 0, dtype: str = "float32",
+                 **settings):
+        """`cfg`: the run's `sampler` section; keyword `settings` are SamplerConfig fields (validated
+        the same way), for scripts and tests: `VLLMSampler(dir, max_model_len=256, kv_cache_gib=0.25)`."""
+        cfg = SamplerConfig.model_validate({**(cfg.model_dump() if cfg is not None else {}), **settings})
         config_path = Path(model_dir) / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(
                 f"VLLMSampler: {config_path} not found; model_dir must be a Hugging Face checkpoint "
                 "folder (config.json, *.safetensors, tokenizer files)"
             )
-        if transport not in ("auto", "cuda_ipc"):
-            raise ValueError(f"VLLMSampler: transport must be 'auto' or 'cuda_ipc', got {transport!r}")
-        if transport == "cuda_ipc" and not separate_process:
-            raise ValueError("VLLMSampler: transport='cuda_ipc' needs separate_process=True")
-        if kv_cache_gib <= 0:
-            raise ValueError(f"VLLMSampler: kv_cache_gib must be > 0, got {kv_cache_gib}")
-        self.model_dir = str(model_dir)
-        self.separate_process = separate_process
+        self.model_dir, self.cfg = str(model_dir), cfg
+        self.separate_process = cfg.separate_process
         self._version = 0
         self._closed = False
         self._saved_set_num_threads = torch.set_num_threads
-        if not separate_process and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if not cfg.separate_process and torch.distributed.is_available() and torch.distributed.is_initialized():
             raise RuntimeError(
                 "VLLMSampler(separate_process=False): torch.distributed is already initialized in this "
                 "process; the in-process vLLM engine would adopt that default group as its world and "
                 "destroy it at shutdown. Build the sampler with separate_process=True instead."
             )
+        from vllm import envs
 
-        from vllm import LLM, envs
-
-        # vLLM caches its env vars once an engine has started in this process; re-read them.
-        envs.disable_envs_cache()
-        if quiet_wait_ms == "auto":  # on CPU; GPU nodes have cores to spare for vLLM's spin
-            quiet_wait_ms = None if torch.cuda.is_available() else QUIET_WAIT_MS
-        elif quiet_wait_ms is not None and (isinstance(quiet_wait_ms, str) or quiet_wait_ms < 1):
-            raise ValueError(f"VLLMSampler: quiet_wait_ms must be 'auto', None or >= 1 (ms), got {quiet_wait_ms!r}")
+        envs.disable_envs_cache()  # vLLM caches its env vars once an engine has started in this process
+        quiet_ms = cfg.quiet_wait_ms
+        if quiet_ms == "auto":  # on CPU; GPU nodes have cores to spare for vLLM's spin
+            quiet_ms = None if torch.cuda.is_available() else QUIET_WAIT_MS
         self._quiet_depth = 0
-        self._quiet_path = vllm_plugin.make_flag() if quiet_wait_ms is not None and separate_process else None
+        self._quiet_path = vllm_plugin.make_flag() if quiet_ms is not None and cfg.separate_process else None
         self._quiet_flag = vllm_plugin.open_flag(self._quiet_path) if self._quiet_path else None
+        with _scoped_environ(self._engine_env(quiet_ms)), self._restore_set_num_threads_on_error():
+            self._llm = self._build_llm(seed, dtype)
+        self._transport = self._make_transport(int(cfg.bucket_mib * (1 << 20)))
+
+    @classmethod
+    def from_config(cls, cfg: SamplerConfig, *, model: str, seed: int, dtype: str = "float32") -> VLLMSampler:
+        """The engine for a run's `sampler` section: the one way the engine builds a sampler (train,
+        sweep, eval, generate and the benches all come here)."""
+        return cls(model, cfg, seed=seed, dtype=dtype)
+
+    def _engine_env(self, quiet_ms: float | None) -> dict[str, str | None]:
         env = {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if separate_process else "0",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if self.cfg.separate_process else "0",
             "VLLM_CPU_KVCACHE_SPACE": None,
             # engine/sampler/vllm_plugin.py: inside `quiet()`, vLLM's processes block instead of
             # spinning while they wait for each other (read by each process vLLM starts)
-            vllm_plugin.ENV: None if self._quiet_path is None else str(quiet_wait_ms),
+            vllm_plugin.ENV: None if self._quiet_path is None else str(quiet_ms),
             vllm_plugin.FLAG_ENV: self._quiet_path,
         }
-        if tp < 1:
-            raise ValueError(f"VLLMSampler: tp must be >= 1, got {tp}")
-        if tp > 1 and not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_lists(tp)
-        with _scoped_environ(env), self._restore_set_num_threads_on_error():
-            self._llm = LLM(
-                model=self.model_dir,
-                tokenizer=self.model_dir,
-                dtype=dtype,
-                seed=seed,
-                max_model_len=max_model_len,
-                tensor_parallel_size=tp,
-                kv_cache_memory_bytes=int(kv_cache_gib * _GIB),
-                logprobs_mode=LOGPROBS_MODE,
-                enforce_eager=True,
-                enable_chunked_prefill=False,  # see the module docstring: seeded requests crash with it
-                max_num_batched_tokens=max(4096, max_model_len),
-                disable_log_stats=True,
-                enable_sleep_mode=sleep_mode,
-                worker_extension_cls=(CUDA_IPC_EXTENSION_QUALNAME if transport == "cuda_ipc"
-                                      else WORKER_EXTENSION_QUALNAME if separate_process else ""),
-            )
-        bucket_bytes = int(bucket_mib * (1 << 20))
-        self._transport: WeightTransport
-        if transport == "cuda_ipc":  # GPU only, untested here (engine/sampler/gpu_transport.py)
+        if self.cfg.tp > 1 and not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_lists(self.cfg.tp)
+        return env
+
+    def _build_llm(self, seed: int, dtype: str):
+        from vllm import LLM
+
+        c = self.cfg
+        return LLM(
+            model=self.model_dir,
+            tokenizer=self.model_dir,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=c.max_model_len,
+            tensor_parallel_size=c.tp,
+            kv_cache_memory_bytes=int(c.kv_cache_gib * _GIB),
+            logprobs_mode=LOGPROBS_MODE,
+            enforce_eager=True,
+            enable_chunked_prefill=False,  # see the module docstring: seeded requests crash with it
+            max_num_batched_tokens=max(4096, c.max_model_len),
+            disable_log_stats=True,
+            enable_sleep_mode=c.placement == "time_sliced",
+            worker_extension_cls=(CUDA_IPC_EXTENSION_QUALNAME if c.transport == "cuda_ipc"
+                                  else WORKER_EXTENSION_QUALNAME if c.separate_process else ""),
+        )
+
+    def _make_transport(self, bucket_bytes: int) -> WeightTransport:
+        if self.cfg.transport == "cuda_ipc":  # GPU only (engine/sampler/gpu_transport.py)
             from engine.sampler.gpu_transport import CudaIpcTransport
 
-            self._transport = CudaIpcTransport(self._llm, bucket_bytes=bucket_bytes)
-        elif separate_process:
-            self._transport = SharedMemoryFileTransport(self._llm, bucket_bytes=bucket_bytes)
-        else:
-            self._transport = InProcessTransport(self._llm)
+            return CudaIpcTransport(self._llm, bucket_bytes=bucket_bytes)
+        if self.cfg.separate_process:
+            return SharedMemoryFileTransport(self._llm, bucket_bytes=bucket_bytes)
+        return InProcessTransport(self._llm)
 
     @property
     def version(self) -> int:

@@ -1,7 +1,10 @@
-"""Weight sync from the learner to the sampler: cutting the HF-named stream into buckets of whole
-layers (`buckets.py`). The HF-name/packing table is `engine/model/specs.py`; the TP gather and PP
-broadcast are `engine/model/hf_io.iter_hf_weights`; the transports are `engine/sampler/transport.py`."""
+"""Weight sync from the learner to the sampler.
 
-from engine.sync.buckets import BucketStats, layer_buckets, layer_key
+weights.py  WeightSync: the sampler's weight version, the push every `s` steps, the parity policy
+            (batch check / probe), eval swaps, and the sampler's part of a checkpoint
+buckets.py  cutting the HF-named tensor stream into buckets of whole layers
 
-__all__ = ["BucketStats", "layer_buckets", "layer_key"]
+The HF-name/packing table is `engine/model/specs.py`; the TP gather and PP broadcast are
+`engine/model/hf_io.iter_hf_weights`; the transports (shared-memory files, in-process, CUDA IPC)
+are `engine/sampler/transport.py` and `engine/sampler/gpu_transport.py`.
+"""

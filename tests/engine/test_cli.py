@@ -93,11 +93,11 @@ def test_eval_scored_task_against_a_baseline(seed_model, tmp_path):
     """`semionline eval --reward ...`: mean score and win rates against the baseline model's
     responses, as JSON and a markdown table. The scorer here is the chat task's hidden rule (a
     callable reward); the model is its own baseline, so its notes score like the baseline's."""
-    from engine.data.chat import chat_prompts, heldout_size
     from engine.data.prompts import write_jsonl
+    from engine.demo.chat import chat_prompts, heldout_size
 
     write_jsonl(tmp_path / "chat.jsonl", chat_prompts(heldout_size(), split="heldout"))
-    args = ["eval", "--model", seed_model, "--data", tmp_path / "chat.jsonl", "--reward", "engine.data.chat:gold_quality",
+    args = ["eval", "--model", seed_model, "--data", tmp_path / "chat.jsonl", "--reward", "engine.demo.chat:gold_quality",
             "--max-tokens", 48, "--samples", 2, "--out", tmp_path / "e.json"]
     _fails_with(_cli(*args), "--baseline")
     res = _cli(*args, "--baseline", seed_model)

@@ -71,7 +71,7 @@ def test_kernels_key(monkeypatch):
 
 
 def test_tasks_schema_and_path_checks(tmp_path):
-    from engine.config import check_paths
+    from engine.tasks import check_paths
 
     data = tmp_path / "math.jsonl"
     data.write_text('{"prompt": "Q: 1+1?\\nA:", "answer": "2"}\n')
@@ -82,14 +82,14 @@ def test_tasks_schema_and_path_checks(tmp_path):
     assert cfg.tasks["chat"].dpo.beta == 0.01 and cfg.tasks["math"].dpo is None and cfg.tasks["chat"].weight == 0.5
     check_paths(cfg)
     missing = load_config(None, [f"tasks.math.data={tmp_path / 'nope.jsonl'}"])
-    with pytest.raises(ConfigError, match=r"'tasks.math.data': file not found: .*nope.jsonl"):
+    with pytest.raises(ConfigError, match=r"'tasks.math.data': .*nope.jsonl: no such file or folder"):
         check_paths(missing)
     no_rm = load_config(None, [f"tasks.chat.data={data}", "tasks.chat.reward=reward_model"])
     with pytest.raises(ConfigError, match="tasks.chat.reward_model_path"):
         check_paths(no_rm)
     with pytest.raises(ConfigError, match="did you mean 'tasks.chat.dpo.beta'"):
         load_config(None, [f"tasks.chat.data={data}", "tasks.chat.dpo.betta=1"])
-    with pytest.raises(ConfigError, match="'data.train': file not found"):
+    with pytest.raises(ConfigError, match="'data.train': .*no such file or folder"):
         check_paths(load_config(None, ["data.train=/no/such/file.jsonl"]))
 
 
@@ -97,7 +97,7 @@ def test_tasks_schema_and_path_checks(tmp_path):
 def test_paper_configs_load_and_name_missing_user_files(name, monkeypatch):
     from pathlib import Path
 
-    from engine.config import check_paths
+    from engine.tasks import check_paths
 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the configs' paths are repo-relative
     cfg = load_config(f"configs/paper/{name}.yaml")
@@ -106,5 +106,5 @@ def test_paper_configs_load_and_name_missing_user_files(name, monkeypatch):
         check_paths(cfg)  # the GSM8K / MATH-500 files ship in data/
         assert cfg.data.chat_template and "\\boxed{}" in cfg.data.prompt_template.format(prompt="")
     else:
-        with pytest.raises(ConfigError, match=r"'tasks\.chat\.data': file not found: data/chat/train.jsonl"):
+        with pytest.raises(ConfigError, match=r"'tasks\.chat\.data': data/chat/train.jsonl: no such file or folder"):
             check_paths(cfg)

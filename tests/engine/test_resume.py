@@ -66,9 +66,9 @@ def _comparable(row):
 def _multitask_args(tmp_path, seed_model) -> list[str]:
     """Math (GRPO) + chat (DPO against a reward model): two prompt streams, and the seed's eval
     responses that the chat win rates compare against, all in the checkpoint."""
-    from engine.data.chat import chat_prompts, heldout_size
     from engine.data.prompts import write_jsonl
-    from engine.rm_train import train_reward_model
+    from engine.demo.chat import chat_prompts, heldout_size
+    from engine.demo.rm_train import train_reward_model
 
     write_jsonl(tmp_path / "chat_train.jsonl", chat_prompts(40, split="rl"))
     write_jsonl(tmp_path / "chat_eval.jsonl", chat_prompts(heldout_size(), split="heldout")[:8])

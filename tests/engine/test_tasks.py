@@ -5,12 +5,12 @@ import random
 import pytest
 
 from engine.config import load_config
-from engine.data.chat import chat_prompts
 from engine.data.prompts import PromptRow, write_jsonl
 from engine.data.tokenizer import load_tokenizer, save_tokenizer
-from engine.rm_train import train_reward_model
-from engine.rollout.types import Rollout
-from engine.tasks import DEFAULT, build_tasks, split_prompts
+from engine.demo.chat import chat_prompts
+from engine.demo.rm_train import train_reward_model
+from engine.rollout.types import DEFAULT, Rollout
+from engine.tasks import build_tasks, split_prompts
 
 
 def test_split_prompts():

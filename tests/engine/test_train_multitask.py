@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from engine.data.chat import chat_prompts, heldout_size
 from engine.data.prompts import write_jsonl
-from engine.rm_train import train_reward_model
+from engine.demo.chat import chat_prompts, heldout_size
+from engine.demo.rm_train import train_reward_model
 
 
 @pytest.mark.slow

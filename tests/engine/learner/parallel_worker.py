@@ -78,14 +78,14 @@ def run_layout(
         grpo={"clip_eps": 0.2, "kl_coef": 0.1},
     )
     torch.manual_seed(0)
-    learner = Learner(cfg, mesh)
+    learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
     ckpt = workdir / f"ckpt_{case['name']}"
     out = {}
     if load:
         load_learner_state(learner, ckpt)
     else:
         out["logits"] = learner.policy_passes.logits(batch["input_ids"])
-        out["grpo"] = learner.train_grpo(batch["groups"])
+        out["grpo"] = learner.train_grpo(batch["groups"], cfg.grpo)
         export = workdir / f"export_{case['name']}_{name(layout).replace(' ', '')}"
         save_hf(learner.reference, export)
         out["export"] = export
@@ -93,7 +93,7 @@ def run_layout(
         save_learner_state(learner, ckpt)
         mesh.barrier()
     out["weights_grpo"] = {n: t.clone() for n, t in learner.hf_weights()}
-    out["dpo"] = learner.train_dpo(batch["pairs"])
+    out["dpo"] = learner.train_dpo(batch["pairs"], cfg.dpo)
     out["weights_dpo"] = {n: t.clone() for n, t in learner.hf_weights()}
     out["logits_after"] = learner.policy_passes.logits(batch["input_ids"])
     mesh.destroy()

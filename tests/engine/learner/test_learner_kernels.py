@@ -18,14 +18,14 @@ def _step(model_dir, mesh, kernels, objective, rollouts, **grpo):
         learner={"micro_batch_size": 3},
         grpo={"clip_eps": 0.2, "kl_coef": 0.1, **grpo},
     )
-    learner = Learner(cfg, mesh)
+    learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
     rollouts = rollouts(8)
     if objective == "grpo":
         groups = [Group(rollouts=rollouts[i : i + 4], advantages=[1.0, -0.5, 0.25, -0.75]) for i in (0, 4)]
-        metrics = learner.train_grpo(groups)
+        metrics = learner.train_grpo(groups, cfg.grpo)
     else:
         metrics = learner.train_dpo(
-            [PreferencePair(chosen=rollouts[i], rejected=rollouts[i + 1]) for i in range(0, 8, 2)]
+            [PreferencePair(chosen=rollouts[i], rejected=rollouts[i + 1]) for i in range(0, 8, 2)], cfg.dpo
         )
     return metrics, learner.policy.lm_head_weight.detach().clone()
 

@@ -4,11 +4,12 @@ the explicitly weighted sum of the two plain-PyTorch reference losses."""
 import pytest
 import torch
 
-from engine.config import RunConfig
+from engine.config import DPOConfig, GRPOConfig, RunConfig
 from engine.learner.batch import pack, response_logprobs
 from engine.learner.learner import Learner
-from engine.learner.objectives import dpo_loss_reference, grpo_loss_reference
 from engine.rollout.types import Group, PreferencePair, TaskBatch
+from kernels.dpo import dpo_loss_reference
+from kernels.grpo import grpo_loss_reference
 
 
 def _cfg(model_dir):  # adam_eps 1e-4: with 1e-8 Adam turns rounding noise in ~0 gradients into full steps
@@ -20,20 +21,26 @@ def _cfg(model_dir):  # adam_eps 1e-4: with 1e-8 Adam turns rounding noise in ~0
     )  # fmt: skip
 
 
+def _learner(model_dir, mesh):
+    cfg = _cfg(model_dir)
+    return Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
+
+
 def test_weighted_sum_of_task_losses(model_dir, mesh, rollouts):
     rollouts = rollouts(12)
     pairs = [PreferencePair(chosen=rollouts[i], rejected=rollouts[i + 1]) for i in (0, 2)]
     groups = [Group(rollouts=rollouts[4 + i : 8 + i], advantages=[1.0, -0.5, 0.25, -0.75]) for i in (0, 4)]
-    parts = [TaskBatch("chat", "dpo", 1.0, pairs=pairs), TaskBatch("math", "grpo", 3.0, groups=groups)]
+    parts = [TaskBatch("chat", "dpo", 1.0, pairs=pairs, dpo=DPOConfig(beta=0.5)),
+             TaskBatch("math", "grpo", 3.0, groups=groups, grpo=GRPOConfig(clip_eps=0.2, kl_coef=0.1))]
 
     torch.manual_seed(0)
-    learner = Learner(_cfg(model_dir), mesh)
+    learner = _learner(model_dir, mesh)
     metrics = learner.train_tasks(parts)
     assert {"train/loss/chat", "train/loss/math", "dpo/margin/chat", "clip/fraction/math"} <= set(metrics)
 
     # The same step by hand: policy/reference log-probs, reference losses, 1/4 and 3/4 weights.
     torch.manual_seed(0)
-    ref = Learner(_cfg(model_dir), mesh)
+    ref = _learner(model_dir, mesh)
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     b = pack([r.prompt_ids for r in seqs], [r.response_ids for r in seqs])
     with torch.no_grad():
@@ -62,7 +69,7 @@ def test_weighted_sum_of_task_losses(model_dir, mesh, rollouts):
 def test_a_task_without_signal_keeps_its_weight_out(model_dir, mesh, rollouts):
     rollouts = rollouts(8)
     groups = [Group(rollouts=rollouts[:4], advantages=[1.0, -1.0, 0.5, -0.5])]
-    learner = Learner(_cfg(model_dir), mesh)
+    learner = _learner(model_dir, mesh)
     m = learner.train_tasks([TaskBatch("chat", "dpo", 1.0), TaskBatch("math", "grpo", 3.0, groups=groups)])
     assert m["train/skipped/chat"] == 1.0 and m["train/loss"] == pytest.approx(0.75 * m["train/loss/math"])
     skipped = learner.train_tasks([TaskBatch("chat", "dpo", 1.0), TaskBatch("math", "grpo", 3.0)])

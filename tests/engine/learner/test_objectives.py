@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from engine.learner.objectives import dpo_loss, grpo_loss
+from kernels.dpo import dpo_loss
+from kernels.grpo import grpo_loss
 
 t = torch.tensor
 

@@ -5,15 +5,18 @@ optimizer step when they disagree."""
 import pytest
 import torch
 
-from engine.config import RunConfig
-from engine.learner.learner import Learner, LogprobGapError
-from engine.rollout.types import Group, PreferencePair
+from engine.config import DPOConfig, GRPOConfig, RunConfig
+from engine.learner.learner import Learner
+from engine.rollout.types import Group, PreferencePair, RolloutBatch
+from engine.sync.weights import LogprobGapError, WeightSync
 
 
 def _learner(model_dir, mesh, **sampler):
     torch.manual_seed(0)
-    return Learner(RunConfig(model=str(model_dir), optim={"lr": 1e-3}, learner={"micro_batch_size": 3},
-                             sampler=sampler), mesh)
+    cfg = RunConfig(model=str(model_dir), optim={"lr": 1e-3}, learner={"micro_batch_size": 3}, sampler=sampler)
+    learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh)
+    learner.sync = WeightSync(cfg, learner, mesh, sampler=None, engine=None, probe_prompts=[], stop_ids=[])
+    return learner
 
 
 def _honest(learner, rollouts):
@@ -30,11 +33,17 @@ def test_batch_gap_is_measured_and_a_broken_sampler_stops_before_the_update(mode
     learner = _learner(model_dir, mesh)
     batch = _honest(learner, rollouts(8))
 
-    def step(items):
+    def step(items):  # as the run loop does it: backward, the sync's judgement, update
         if objective == "grpo":
-            return learner.train_grpo([Group(rollouts=items[i : i + 4], advantages=[1.0, -0.5, 0.25, -0.75])
-                                       for i in (0, 4)])
-        return learner.train_dpo([PreferencePair(chosen=items[i], rejected=items[i + 1]) for i in range(0, 8, 2)])
+            batch = RolloutBatch(step=0, version=items[0].version, rollouts=items, groups=[
+                Group(rollouts=items[i : i + 4], advantages=[1.0, -0.5, 0.25, -0.75]) for i in (0, 4)])
+            metrics = learner.backward(batch, grpo=GRPOConfig())
+        else:
+            batch = RolloutBatch(step=0, version=items[0].version, rollouts=items, pairs=[
+                PreferencePair(chosen=items[i], rejected=items[i + 1]) for i in range(0, 8, 2)])
+            metrics = learner.backward(batch, dpo=DPOConfig())
+        learner.sync.check_batch(metrics, batch, learner.step + 1)
+        return {**metrics, **learner.update()}
 
     metrics = step(batch)
     n_tokens = sum(len(r.response_ids) for r in batch)

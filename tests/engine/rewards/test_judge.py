@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.rewards.judge import Judge, JudgeConfig, parse_preference, parse_score
+from engine.rewards.judge import Judge, JudgeConfig, JudgeError, parse_preference, parse_score
 
 
 def test_parsers():
@@ -64,6 +64,15 @@ def _serve(script: _Script):
                     return self._reply(503, {"error": "overloaded"})
                 if "bad-request" in msg:
                     return self._reply(400, {"error": "bad"})
+                if "unauthorized" in msg:  # what OpenAI-compatible servers answer (the key is echoed masked)
+                    return self._reply(401, {"error": {"message": "Incorrect API key provided: sk-secret-123",
+                                                       "type": "invalid_request_error"}})
+                if "forbidden" in msg:
+                    return self._reply(403, {"detail": "project has no access"})
+                if "no-model" in msg:
+                    return self._reply(404, {"error": {"message": "The model `m` does not exist."}})
+                if "schema" in msg:
+                    return self._reply(200, {"result": "[[7]]"})
                 if "cut-off" in msg and n == 1:  # promise a body, send half of it, hang up
                     self.send_response(200)
                     self.send_header("Content-Length", "500")
@@ -119,6 +128,38 @@ def test_retries_timeouts_concurrency_and_failures(scripted, monkeypatch):
     assert script.max_active <= 3
     assert set(script.auth) == {"Bearer sk-secret-123"}
     assert "sk-secret" not in repr(judge) + repr(result) + repr(judge.cfg)
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("unauthorized", "HTTP 401 Unauthorized: Incorrect API key provided: ***"),
+    ("forbidden", 'HTTP 403 Forbidden: {"detail": "project has no access"}'),
+    ("no-model", "HTTP 404 Not Found: The model `m` does not exist."),
+    ("schema", 'a reply without choices[0].message.content (not an OpenAI chat-completions reply): {"result": "[[7]]"}'),
+])  # fmt: skip
+def test_answers_no_retry_can_fix_stop_the_call(scripted, monkeypatch, kind, why):
+    script, url = scripted
+    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret-123")
+    judge = Judge(JudgeConfig(base_url=url, model="m", api_key_env="JUDGE_TEST_KEY", max_concurrency=2,
+                              max_retries=3, backoff_s=0.01, pointwise_template="{prompt}|{response}"))
+    with pytest.raises(JudgeError) as err:
+        judge.score([f"p{i}" for i in range(8)], [kind] * 8)
+    assert str(err.value) == (f"judge {url} (model 'm'): {why}; not retried, as no retry can fix it: check "
+                              "judge.base_url, judge.model and judge.api_key_env")
+    assert all(n == 1 for n in script.calls.values()) and len(script.calls) <= 8  # no retries
+    assert "sk-secret" not in str(err.value)
+
+
+def test_config_is_validated_at_load_time():
+    from pydantic import ValidationError
+
+    cfg = JudgeConfig.model_validate({"base_url": "http://x/v1", "model": "m", "temperature": 0.7,
+                                      "score_range": [0, 5], "extra_body": {"top_k": 5}})
+    assert (cfg.temperature, cfg.score_range, cfg.extra_body) == (0.7, (0.0, 5.0), {"top_k": 5})
+    for bad, why in (({"score_range": [5, 1]}, "needs low < high"), ({"max_concurrency": 0}, "max_concurrency"),
+                     ({"pointwise_template": "Rate {response}"}, r"fields \['response'\], expected exactly"),
+                     ({"temprature": 1.0}, "temprature")):
+        with pytest.raises(ValidationError, match=why):
+            JudgeConfig.model_validate({"base_url": "http://x/v1", "model": "m", **bad})
 
 
 def test_missing_key_variable_is_a_clear_error():

@@ -134,7 +134,7 @@ def test_hostile_inputs_score_zero_within_the_timeout(verifier):
     assert verifier.score(["\\boxed{5}"], ["5"])[0] == [1.0]  # the pool recovered
 
 
-def test_timeouts_are_counted_and_the_call_returns_near_the_deadline():
+def test_timeouts_are_counted_and_the_call_returns_near_the_deadline(caplog):
     with MathVerifier(num_workers=1) as pool:
         pool.score(["\\boxed{1}"], ["1"])  # start-up outside the timed region
         start = time.perf_counter()
@@ -144,14 +144,19 @@ def test_timeouts_are_counted_and_the_call_returns_near_the_deadline():
     assert stats.timeouts == 1 and stats.correct == 1
     assert 0.5 <= elapsed < 2.5
     assert stats.as_metrics()["reward/timeouts"] == 1.0
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.rewards.math"] == [
+        "math-verify timeout (1/5 logged): answer '10^{10^{10}}' vs reference '3': the worker overran its deadline "
+        "or died; killed and replaced"]  # not only counted: the answer that caused it is in the log
 
 
-def test_crashed_worker_counts_an_error_and_is_replaced():
+def test_crashed_worker_counts_an_error_and_is_replaced(caplog):
     with MathVerifier(num_workers=1) as pool:
         pool.score(["\\boxed{1}"], ["1"])
         pool._workers[0].proc.kill()  # a real crash: the process is gone when the job is sent/read
         rewards, stats = pool.score(["\\boxed{1}", "\\boxed{2}"], ["1", "2"])
     assert stats.errors == 1 and rewards.count(1.0) == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "engine.rewards.math"]
+    assert len(logged) == 1 and logged[0].startswith("math-verify error (1/5 logged): answer '1' vs reference '1'")
 
 
 def test_math_reward_from_worker_threads():

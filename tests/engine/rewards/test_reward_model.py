@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
-from engine.data.chat import chat_prompts, note_quality, sample_response
 from engine.data.tokenizer import save_tokenizer
+from engine.demo.chat import chat_prompts, note_quality, sample_response
+from engine.demo.rm_train import CHAT_TEMPLATE, corrupt, make_pairs, rm_config, train_reward_model
 from engine.rewards.reward_model import RewardModel, RewardModelError
-from engine.rm_train import CHAT_TEMPLATE, corrupt, make_pairs, rm_config, train_reward_model
 
 
 def _save_rm(path, chat_template: bool, num_labels: int = 1):
@@ -91,3 +91,53 @@ def test_trained_reward_model_ranks_held_out_pairs(tmp_path):
     good, bad = f" Hi {name}! Your {obj} are lovely. Thank you.", " Hey. The answer is 4."
     s_good, s_bad = rm.score([row.prompt] * 2, [good, bad])
     assert s_good > s_bad
+
+
+def test_token_budget_batches(tmp_path):
+    rm = RewardModel(_save_rm(tmp_path / "rm", chat_template=False), batch_size=4, max_batch_tokens=100)
+    lengths = [10, 50, 20, 20, 120, 30, 10, 10]
+    batches = rm.batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    for b in batches:  # sorted by length, within both caps (an over-long sequence alone)
+        assert len(b) <= 4 and (len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1)
+    assert batches == [[0, 6, 7, 2], [3, 5], [1], [4]]
+
+
+def test_bfloat16_scores_track_float32(tmp_path):
+    path = _save_rm(tmp_path / "rm", chat_template=True)
+    rows = chat_prompts(6, split="rl")
+    rng = random.Random(1)
+    prompts, responses = [r.prompt for r in rows], [sample_response(r, rng) for r in rows]
+    fp32 = RewardModel(path).score(prompts, responses)
+    bf16 = RewardModel(path, dtype="bfloat16", device="cpu", max_batch_tokens=64)
+    assert bf16.model.dtype == torch.bfloat16
+    assert bf16.score(prompts, responses) == pytest.approx(fp32, abs=3e-3)  # measured max |diff| 1.3e-3
+    with pytest.raises(RewardModelError, match="dtype 'fp8'"):
+        RewardModel(path, dtype="fp8")
+
+
+CUSTOM_HEAD = '''
+from transformers import LlamaForSequenceClassification
+
+
+class ShiftedRM(LlamaForSequenceClassification):
+    """A custom head: the plain score + 100, so a test can tell that this code ran."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits + 100.0
+        return out
+'''
+
+
+def test_custom_code_needs_the_explicit_opt_in(tmp_path):
+    path = _save_rm(tmp_path / "rm", chat_template=False)
+    plain = RewardModel(path).score(["Q: hi\nA:"], [" hello"])[0]
+    (path / "custom_rm.py").write_text(CUSTOM_HEAD)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForSequenceClassification": "custom_rm.ShiftedRM"}
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RewardModelError, match="needs trust_remote_code: true"):
+        RewardModel(path)
+    custom = RewardModel(path, trust_remote_code=True).score(["Q: hi\nA:"], [" hello"])[0]
+    assert custom == pytest.approx(plain + 100.0, abs=1e-4)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from engine.data.chat import chat_prompts
 from engine.data.prompts import PromptRow
+from engine.demo.chat import chat_prompts
+from engine.demo.rm_train import train_reward_model
 from engine.rewards.router import build_reward
-from engine.rm_train import train_reward_model
 
 
 def test_math_source():
@@ -19,6 +19,8 @@ def test_reward_model_source(tmp_path):
     row = chat_prompts(1, split="rl")[0]
     out = build_reward("reward_model", path=str(tmp_path / "rm"))([row, row], [" Hi.", " Bye."])
     assert len(out.rewards) == 2 and all(isinstance(r, float) for r in out.rewards)
+    bf16 = build_reward("reward_model", path=str(tmp_path / "rm"), dtype="bfloat16", device="cpu", max_batch_tokens=64)
+    assert bf16([row, row], [" Hi.", " Bye."]).rewards == pytest.approx(out.rewards, abs=4e-3)  # measured 1.5e-3
 
 
 def test_callable_source_and_errors(tmp_path, monkeypatch):

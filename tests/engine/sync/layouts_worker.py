@@ -47,7 +47,7 @@ def main(seed_dir: str, out_path: str, sampler_tp: int = 1, layouts: list[tuple[
         mesh = Mesh.sub_mesh(tp, pp, 1)
         if mesh is not None:
             cfg = RunConfig(model=seed_dir, kernels="torch", learner={"tp": tp, "pp": pp})
-            learner = Learner(cfg, mesh)
+            learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
             with torch.no_grad():
                 for name, p in learner.policy.named_parameters():
                     p.mul_(1.0 + 0.02 * (zlib.crc32(f"{name}/{version}".encode()) % 5))

@@ -1,0 +1,24 @@
+"""Process set-up for a run, done by the entry point (CLI `train`, the sweep per run) before any
+component is built: torch's seed, deterministic algorithms, and the learner's thread count.
+
+Threads: on CPU the driver rank leaves one core to the vLLM worker (it pins itself to a core and
+busy-polls while it generates); `learner.threads` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.config import RunConfig
+from engine.parallel.mesh import Mesh
+
+
+def setup_process(cfg: RunConfig, mesh: Mesh) -> None:
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if mesh.device.type == "cpu":
+        per_rank = max(1, (os.cpu_count() or 2) // mesh.world_size - (1 if mesh.rank == 0 else 0))
+        torch.set_num_threads(cfg.learner.threads or per_rank)

@@ -1,0 +1,111 @@
+"""Fakes for fast unit tests of the run's orchestration (no vLLM, no subprocess, no model):
+a sampler, a learner and a reward with just the behaviour the components rely on.
+
+    sampler = FakeSampler()                      # responses "Ans {k}", log-prob -1.0 per token
+    learner = FakeLearner()                      # scores every token at -1.0: the sampler's parity twin
+    tasks:  {t: {reward: "fakes:digit_reward"}}  # a callable reward by import path (tests/ is on sys.path)
+
+The real components (RolloutSource, WeightSync, Evaluator, RunLoop) run on top of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampler.transport import PushStats
+from engine.sampler.vllm_engine import Sample
+
+TOKEN_LOGPROB = -1.0
+
+
+def digit_reward(prompts, responses, rows):
+    """1.0 when the response ends with the row's answer, else 0.0."""
+    return [1.0 if r.strip().endswith(row.answer) else 0.0 for r, row in zip(responses, rows, strict=True)]
+
+
+@dataclass
+class FakeSampler:
+    """Each sample: "Ans <d>" with d from a generator seeded like vLLM's (seed + i * n + j)."""
+
+    tokenizer: object
+    logprob_shift: float = 0.0  # > 0: a sampler that does not hold the learner's weights...
+    shift_after_pushes: int = 0  # ...once it has received this many pushes
+    pushes: list[dict] = field(default_factory=list)  # every push: {name: tensor}
+    generates: list[dict] = field(default_factory=list)  # every generate call's arguments
+    quiet_depth: int = 0
+    closed: bool = False
+    engines: int = 1
+
+    def generate(self, prompt_token_ids, *, n, temperature, top_p, max_tokens, stop_token_ids, seed=0):
+        self.generates.append({"prompts": len(prompt_token_ids), "n": n, "seed": seed, "max_tokens": max_tokens,
+                               "weights": len(self.pushes)})
+        shift = self.logprob_shift if len(self.pushes) >= self.shift_after_pushes else 0.0
+        out = []
+        for i, _ in enumerate(prompt_token_ids):
+            group = []
+            for j in range(n):
+                text = f" Ans {random.Random(seed + i * n + j).randrange(10)}"
+                ids = self.tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+                group.append(Sample(token_ids=ids, logprobs=[TOKEN_LOGPROB + shift] * len(ids),
+                                    text=text, finish_reason="stop"))
+            out.append(group)
+        return out
+
+    def push_weights(self, named_tensors) -> PushStats:
+        weights = {name: t.clone() for name, t in named_tensors}
+        self.pushes.append(weights)
+        size = sum(t.numel() * t.element_size() for t in weights.values())
+        return PushStats(seconds=0.0, bytes=size, num_tensors=len(weights), num_buckets=1, peak_bytes=size)
+
+    @contextlib.contextmanager
+    def quiet(self):
+        self.quiet_depth += 1
+        try:
+            yield
+        finally:
+            self.quiet_depth -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLearner:
+    """One parameter `w` (value = optimizer steps taken); every token scores TOKEN_LOGPROB."""
+
+    def __init__(self):
+        self.step, self.skipping, self.param_bytes = 0, False, 4
+        self.w = torch.zeros(1)
+        self.reference = self
+        self.batches: list = []
+        self.saved: list[str] = []
+
+    def score(self, seqs, reference: bool = False):
+        return [torch.full((len(r),), TOKEN_LOGPROB) for _, r in seqs]
+
+    def backward(self, batch, *, dpo=None, grpo=None):
+        self.batches.append(batch)
+        units = sum(len(p.pairs) + len(p.groups) for p in batch.parts) + len(batch.pairs) + len(batch.groups)
+        self.skipping = units == 0
+        fresh = [r for r in batch.rollouts if r.version == self.step]
+        out = {"train/loss": float(units)}
+        if fresh and not self.skipping:
+            gaps = [abs(lp - TOKEN_LOGPROB) for r in fresh for lp in r.behaviour_logprobs]
+            out.update({"parity/batch_gap": sum(gaps) / len(gaps), "parity/batch_tokens": float(len(gaps))})
+        return out
+
+    def update(self):
+        self.step += 1
+        if not self.skipping:
+            self.w += 1
+        self.skipping = False
+        return {"train/grad_norm": 1.0}
+
+    def hf_weights(self):
+        yield "w", self.w.clone()
+
+    def save(self, out_dir: str) -> None:
+        self.saved.append(out_dir)
