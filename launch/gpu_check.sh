@@ -35,6 +35,7 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
 fi
 
 mkdir -p "$OUT"
+"$PY" -c "import torch" 2>/dev/null || { echo "gpu_check: $PY cannot import torch (set PYTHON=...)"; exit 3; }
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" \
   || { echo "gpu_check: torch.cuda.is_available() is False with $PY: not a CUDA node (or a CPU torch)"; exit 2; }
 
@@ -59,10 +60,15 @@ except ModuleNotFoundError as e:
     || "$PY" -m pip install -q --no-deps "$req" \
     || { echo "gpu_check: cannot install $req: no wheel in $WHEELS and no registry (run --fetch-wheels where one is reachable)"; exit 3; }
 done
+[ -z "$missing" ] || { echo "gpu_check: module $missing still missing after installing $req"; exit 3; }
 
 "$PY" -c "import torch, triton; print(f'gpu_check: {torch.cuda.get_device_name()} torch {torch.__version__} (CUDA {torch.version.cuda}) triton {triton.__version__}')"
 start=$(date +%s)
-timeout 330 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
+# Every GPU-marked test; the sampler's (CUDA IPC into a vLLM engine) only where vLLM imports.
+tests="tests/gpu tests/kernels"
+"$PY" -c "import vllm" 2>/dev/null && tests="$tests tests/engine/sampler/test_gpu_transport.py"
+# shellcheck disable=SC2086
+timeout 330 "$PY" -m pytest -m gpu $tests -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 300 "$PY" -m engine.bench.gpu_check --device cuda --out "$OUT/summary.json" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}

@@ -27,6 +27,11 @@ def digit_reward(prompts, responses, rows):
     return [1.0 if r.strip().endswith(row.answer) else 0.0 for r, row in zip(responses, rows, strict=True)]
 
 
+def failing_reward(prompts, responses, rows):
+    """A reward source that is down: every sample fails (None), as a judge answering 503 would."""
+    return [None] * len(responses)
+
+
 @dataclass
 class FakeSampler:
     """Each sample: "Ans <d>" with d from a generator seeded like vLLM's (seed + i * n + j)."""

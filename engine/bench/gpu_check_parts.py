@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def headline(name: str, r: dict) -> str:
 def part_env(device: torch.device, *, quick: bool, work_dir: Path) -> dict:
     from engine.model.te import te_importable
 
-    out = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": ".".join(map(str, __import__("sys").version_info[:3]))}
+    out = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": ".".join(map(str, sys.version_info[:3]))}
     for dist in ("triton", "megatron-core", "transformers", "transformer-engine", "vllm"):
         out[dist.replace("-", "_")] = _version(dist)
     out["te_importable"] = te_importable()

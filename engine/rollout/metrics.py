@@ -5,6 +5,10 @@ from __future__ import annotations
 from engine.rollout.types import DEFAULT, RolloutBatch, metric_prefix
 
 
+def _mean(values) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def rollout_metrics(batch: RolloutBatch, sampler_version: int) -> dict[str, float]:
     rewards = [r.reward for r in batch.rollouts]
     lengths = [len(r.response_ids) for r in batch.rollouts]
@@ -14,9 +18,9 @@ def rollout_metrics(batch: RolloutBatch, sampler_version: int) -> dict[str, floa
     return {
         "rollout/response_tokens": float(sum(lengths)),
         "train/tokens": float(sum(len(r.prompt_ids) + len(r.response_ids) for r in trained)),
-        "reward/mean": sum(rewards) / len(rewards),
-        "response/length": sum(lengths) / len(lengths),
-        "response/truncated": sum(r.finish_reason == "length" for r in batch.rollouts) / len(lengths),
+        "reward/mean": _mean(rewards),  # NaN when every sample's reward failed (none kept)
+        "response/length": _mean(lengths),
+        "response/truncated": _mean([float(r.finish_reason == "length") for r in batch.rollouts]),
         "reward/timeouts": float(batch.reward_timeouts),
         "rollout/version": float(batch.version),
         "rollout/staleness": float(batch.step - 1 - batch.version),

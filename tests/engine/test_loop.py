@@ -3,6 +3,7 @@ learner and a reward that need no model, no vLLM and no subprocess (tests/fakes.
 end-to-end runs check about the schedule (which weights make each batch, when the sampler
 receives new ones, what evals see) is checked here in milliseconds."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,9 @@ from engine.data.tokenizer import load_tokenizer, save_tokenizer
 from engine.evaluator import Evaluator
 from engine.loop import RunLoop
 from engine.metrics import MetricsLogger, read_metrics
+from engine.rollout.log import RolloutLog
 from engine.rollout.source import RolloutSource
+from engine.rewards.errors import RewardErrorsExceeded
 from engine.sync.weights import LogprobGapError, WeightSync
 
 MESH = SimpleNamespace(rank=0, world_size=1, dp_rank=0, device=torch.device("cpu"), layout="tp1 pp1 dp1")
@@ -61,7 +64,8 @@ def _loop(cfg, tokenizer, tmp_path, sampler=None):
                       stop_ids=source.stop_ids)
     evaluator = Evaluator(cfg, source, sync, MESH)
     loop = RunLoop(cfg, tmp_path, MESH, learner=learner, source=source, sync=sync, evaluator=evaluator,
-                   logger=MetricsLogger(tmp_path, tensorboard=False), close_sampler=sampler.close)
+                   logger=MetricsLogger(tmp_path, tensorboard=False), close_sampler=sampler.close,
+                   rollout_log=RolloutLog(tmp_path, cfg.log.rollouts, tokenizer))
     return loop, sampler, learner
 
 
@@ -174,3 +178,43 @@ def test_training_runs_with_the_engine_quiet(data, tokenizer, tmp_path):
     learner.backward = backward
     loop.run()
     assert depths == [1] and sampler.quiet_depth == 0
+
+
+def test_rollout_logs_hold_what_was_sampled(data, tokenizer, tmp_path):
+    cfg = _cfg(data, sync_every=2, **{"log.rollouts": 2})
+    loop, sampler, _ = _loop(cfg, tokenizer, tmp_path)
+    loop.run()
+    logs = sorted(p.name for p in (tmp_path / "rollouts").iterdir())
+    assert logs == ["step_000002.jsonl", "step_000004.jsonl"]
+    rows = [json.loads(x) for x in (tmp_path / "rollouts" / "step_000004.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 4 and {r["version"] for r in rows} == {2} and {r["task"] for r in rows} == {"digits"}
+    for r in rows:
+        assert tokenizer.encode(r["prompt"], add_special_tokens=False) == r["prompt_ids"]
+        assert r["response"].startswith(" Ans ") and r["reward"] in (0.0, 1.0)
+        assert r["behaviour_logprobs"] == [-1.0] * len(r["response_ids"])
+
+
+def test_a_task_whose_rewards_all_error_stops_the_run(data, tokenizer, tmp_path):
+    cfg = _cfg(data, **{"tasks.digits.reward": "fakes:failing_reward", "reward.max_error_steps": 2,
+                        "tasks.digits.eval_data": None})
+    loop, _, learner = _loop(cfg, tokenizer, tmp_path)
+    with pytest.raises(RewardErrorsExceeded, match=r"task 'digits'.*2 consecutive steps.*failing_reward returned None"):
+        loop.run()
+    assert learner.step == 1  # step 1 trained on nothing, step 2's rewards stopped the run
+
+
+def test_offline_dpo_on_preference_rows_scores_the_reference_once(data, tokenizer, tmp_path):
+    rows = [{"prompt": f"Q: {k}+1?\nA:", "chosen": f" {k + 1}", "rejected": f" {k + 2}"} for k in range(5)]
+    write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = _cfg(data, objective="dpo", sync_every="offline", tasks={}, steps=3,
+               **{"rollout.prompts_per_step": 2, "data.preferences": str(tmp_path / "prefs.jsonl"),
+                  "data.eval": str(data / "eval.jsonl"), "data.train": "unused"})
+    loop, sampler, learner = _loop(cfg, tokenizer, tmp_path / "run")
+    scored = []
+    score = learner.score
+    learner.score = lambda seqs, reference=False: scored.append((len(seqs), reference)) or score(seqs, reference)
+    loop.run()
+    assert scored[-1] == (10, True)  # every distinct (prompt, response) of the run, by the reference, once
+    pairs = [p for b in learner.batches for p in b.parts[0].pairs]
+    assert len(pairs) == 3 * 2 and all(p.chosen.ref_logprobs == [-1.0] * len(p.chosen.response_ids) for p in pairs)
+    assert len(sampler.generates) == 1 + 1 + 1  # probe, step-0 eval, final eval: nothing is sampled to train
