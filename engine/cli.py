@@ -36,9 +36,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.data.tokenizer import UnencodableTextError
     from engine.model.fetch import FetchError
     from engine.model.hf_io import CheckpointError
+    from engine.parallel.device import DeviceError
 
     return (UserError, ConfigError, PromptFileError, PromptFormatError, UnencodableTextError, CheckpointError,
-            FetchError, FileNotFoundError)
+            FetchError, DeviceError, FileNotFoundError)
 
 
 def cmd_seed(args) -> None:
@@ -65,9 +66,8 @@ def cmd_rm_train(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from engine.config import load_config
-    from engine.parallel.mesh import Mesh
-    from engine.process import setup_process
+    from engine.config_load import load_config
+    from engine.process import init_mesh, setup_process
     from engine.run import build_run
     from engine.tasks import check_paths
 
@@ -80,7 +80,7 @@ def cmd_train(args) -> None:
     else:
         cfg = load_config(args.config, args.overrides)
     check_paths(cfg)
-    mesh = Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp)
+    mesh = init_mesh(cfg)  # learner.device -> cuda:LOCAL_RANK + NCCL, or CPU + gloo
     try:
         setup_process(cfg, mesh)
         loop = build_run(cfg, args.resume or args.run_dir or _default_run_dir(cfg), mesh)

@@ -66,6 +66,7 @@ def add_tool_parsers(sub) -> None:
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--append-eos", action="store_true", help="score an EOS token after each response")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as learner.device")
     add_prompt_args(p)
     p.set_defaults(fn=cmd_score)
 
@@ -204,10 +205,11 @@ def cmd_score(args) -> None:
     from engine.learner.learner import score_sequences
     from engine.learner.passes import PipelinedModel
     from engine.model.hf_io import load_model
+    from engine.parallel.device import local_rank, resolve_device
     from engine.parallel.mesh import Mesh
 
     model_dir, tok = _model(args)
-    mesh = Mesh.init(tp_size=args.tp, pp_size=args.pp)
+    mesh = Mesh.init(tp_size=args.tp, pp_size=args.pp, device=resolve_device(args.device, local_rank(), key="--device"))
     try:
         rows, seqs = _score_pairs(args, tok, model_dir)
         model = PipelinedModel(load_model(model_dir, mesh).eval(), impl=None, autocast=contextlib.nullcontext)

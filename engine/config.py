@@ -10,12 +10,9 @@ run directory (`config.yaml`) so a run can always be reproduced from its folder.
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.rewards.judge import JudgeConfig
 
@@ -95,7 +92,12 @@ class LearnerConfig(_Section):
     tp: int = Field(1, ge=1)  # tensor-parallel size
     pp: int = Field(1, ge=1)  # pipeline stages (1F1B over micro-batches)
     virtual_stages: int = Field(1, ge=1)  # model chunks per pipeline rank (>1: interleaved 1F1B)
+    # auto: CUDA when torch.cuda.is_available() (cuda:LOCAL_RANK, NCCL for the tensor groups),
+    # else CPU (gloo); cuda without a GPU fails before anything loads (engine/parallel/device.py)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bfloat16: bf16 compute (autocast) over fp32 parameters, which are the optimizer's master weights
     dtype: Literal["float32", "bfloat16"] = "float32"
+    te: Literal["auto", "on", "off"] = "auto"  # Transformer Engine layers: auto = on CUDA when installed
     micro_batch_size: int = Field(32, ge=1)  # sequences per forward/backward
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all cores but one (CPU: the sampler's)
 
@@ -127,7 +129,15 @@ class SamplerConfig(_Section):
     # resident: the engine keeps its memory (fraction) and can generate while the learner trains;
     # time_sliced: it sleeps while the learner trains (GPU only: vLLM sleep mode; not with overlap)
     placement: Literal["resident", "time_sliced"] = "resident"
-    max_logprob_gap: float = Field(1e-3, gt=0.0)  # stop the run above this after a sync
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: the learner's dtype
+    # Stop the run when the sampler's log-probs differ from the learner's by more than this on
+    # average. None: 1e-3 when sampler and learner are fp32, 1e-1 when either is bf16 (measured
+    # gaps: docs/decisions.md, 2026-11-30; RunConfig.logprob_gap_limit).
+    max_logprob_gap: float | None = Field(None, gt=0.0)
+    # CUDA graphs for generation (GPU); on CPU vLLM runs eager whatever this says. None: eager on
+    # CPU, graphs on GPU.
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)  # GPU: the engine's share (colocated)
     # How the sampler is checked against the learner after each sync. batch: on the next batch's
     # own tokens, from the training forward pass, before the optimizer step (free; the last sync of
     # a run, which no batch follows, gets a probe). probe: generate gap_probe_prompts samples right
@@ -295,6 +305,17 @@ class RunConfig(_Section):
         )}  # fmt: skip
 
     @property
+    def sampler_dtype(self) -> str:
+        return self.learner.dtype if self.sampler.dtype == "auto" else self.sampler.dtype
+
+    @property
+    def logprob_gap_limit(self) -> float:
+        """The parity check's limit: `sampler.max_logprob_gap`, else by the two sides' dtypes."""
+        if self.sampler.max_logprob_gap is not None:
+            return self.sampler.max_logprob_gap
+        return 1e-3 if self.learner.dtype == "float32" and self.sampler_dtype == "float32" else 1e-1
+
+    @property
     def staleness_bound(self) -> int:
         """The most steps a batch may lag: the batch for step t uses a version >= t - 1 - bound."""
         if self.offline:
@@ -308,94 +329,3 @@ class RunConfig(_Section):
     def sync_due(self, step: int) -> bool:
         """Whether the sampler receives the learner's weights after optimizer step `step`."""
         return not self.offline and step % int(self.sync_every) == 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading: YAML + dotted overrides, with errors that name the key.
-
-
-def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        keys.append(prefix + name)
-        for ann in (field.annotation, *get_args(field.annotation)):  # X and X | None
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                keys.extend(_valid_keys(ann, prefix + name + "."))
-    return keys
-
-
-def _unknown_key_message(key: str) -> str:
-    valid = _valid_keys(RunConfig)
-    parts = key.split(".")
-    if len(parts) > 2 and parts[0] == "tasks":  # tasks.<name>.<key>: match within TaskConfig
-        valid = [f"tasks.{parts[1]}.{k}" for k in _valid_keys(TaskConfig)]
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not near:  # try the last component alone, e.g. "rollout.temprature" -> "temperature"
-        leaf = key.rsplit(".", 1)[-1]
-        near = [k for k in valid if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)]
-    hint = f"; did you mean '{near[0]}'?" if near else ""
-    return f"unknown config key '{key}'{hint}"
-
-
-def _format_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("int", "literal")))
-        if e["type"] == "extra_forbidden":
-            lines.append(_unknown_key_message(key))
-        elif not key:  # a check across keys: its message names them
-            lines.append(f"config: {e['msg']}")
-        else:
-            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (["a", "b"], value) with the value parsed as YAML (numbers, bools, lists)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value")
-    key, raw = text.split("=", 1)
-    if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.split("."), value
-
-
-def apply_override(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config key '{'.'.join(path)}': '{part}' is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the YAML file (if any), then `key.sub=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        apply_override(tree, keys, value)
-    return config_from_dict(tree)
-
-
-def config_from_dict(tree: dict) -> RunConfig:
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e)) from None
-
-
-def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,5 +1,7 @@
 """Process set-up for a run, done by the entry point (CLI `train`, the sweep per run) before any
-component is built: torch's seed, deterministic algorithms, and the learner's thread count.
+component is built: the device and process groups (`init_mesh`: the one place `learner.device`
+becomes cuda:LOCAL_RANK + NCCL or CPU + gloo), torch's seed, deterministic algorithms, and the
+learner's thread count.
 
 Threads: on CPU the driver rank leaves one core to the vLLM worker (it pins itself to a core and
 busy-polls while it generates); `learner.threads` overrides.
@@ -12,7 +14,15 @@ import os
 import torch
 
 from engine.config import RunConfig
+from engine.parallel.device import local_rank, resolve_device
 from engine.parallel.mesh import Mesh
+
+
+def init_mesh(cfg: RunConfig) -> Mesh:
+    """This process's mesh on its device; `learner.device=cuda` without CUDA fails here, before
+    anything loads (DeviceError, naming the key)."""
+    return Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp,
+                     device=resolve_device(cfg.learner.device, local_rank()))
 
 
 def setup_process(cfg: RunConfig, mesh: Mesh) -> None:

@@ -67,7 +67,7 @@ def test_gpu_extra_pins_exactly_and_agrees_with_the_base():
 
 @pytest.mark.network
 @pytest.mark.slow
-@pytest.mark.parametrize("python_version", ["3.11", "3.12"])
+@pytest.mark.parametrize("python_version", ["3.12"])  # the GPU images' Python; 3.11 resolves the same pins
 def test_gpu_extra_resolves_for_a_cuda_node(python_version: str, tmp_path: Path):
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",

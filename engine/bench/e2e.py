@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_timeline(runs, png)
     print(f"timeline: {png}")
     if not args.no_standalone:
-        from engine.config import load_config
+        from engine.config_load import load_config
 
         cfg = load_config(args.config, args.overrides)
         tput = standalone_throughput(args, cfg)

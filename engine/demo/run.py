@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+REPORTS = Path(__file__).resolve().parents[2] / "docs" / "reports" / "demo"
 RUNS = {
     "semi-online DPO": "configs/demo/dpo.yaml",
     "online GRPO": "configs/demo/grpo.yaml",
@@ -66,11 +67,47 @@ def main() -> None:
         rows.append((label, metrics[-1]["step"], metrics[-1]["eval/accuracy"]))
         plot_dynamics(run_dir)
     plot_accuracy({"seed → " + k: v for k, v in run_dirs.items()}, out / "accuracy.png")
-    print("\n| model | steps | held-out accuracy | vs seed |\n|---|---|---|---|")
-    print(f"| seed | 0 | {seed_acc:.3f} | |")
+    seconds = time.perf_counter() - t0
+    print_table(seed_acc, rows, load_ranges())
+    write_result(out / "demo.json", seed_dir, seed_acc, rows, run_dirs, seconds)
+    print(f"\naccuracy plot: {out / 'accuracy.png'}   result: {out / 'demo.json'}   total {seconds:.0f} s")
+
+
+def load_ranges() -> dict[str, tuple[float, float]]:
+    """The held-out accuracy ranges recorded in docs/reports/demo/*.json (seeds and machines)."""
+    found: dict[str, list[float]] = {}
+    for path in sorted(REPORTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        found.setdefault("seed", []).append(result["seed_accuracy"])
+        for run in result["runs"]:
+            found.setdefault(run["label"], []).append(run["accuracy"])
+    return {k: (min(v), max(v)) for k, v in found.items()}
+
+
+def print_table(seed_acc: float, rows, ranges: dict[str, tuple[float, float]]) -> None:
+    """This run's table, beside the range recorded over seed models and machines."""
+    def recorded(label: str) -> str:
+        return f"{ranges[label][0]:.3f}-{ranges[label][1]:.3f}" if label in ranges else "n/a"
+
+    print("\n| model | steps | held-out accuracy | vs seed | recorded range (docs/reports/demo) |")
+    print("|---|---|---|---|---|")
+    print(f"| seed | 0 | {seed_acc:.3f} | | {recorded('seed')} |")
     for label, steps, acc in rows:
-        print(f"| {label} | {steps} | {acc:.3f} | {acc - seed_acc:+.3f} |")
-    print(f"\naccuracy plot: {out / 'accuracy.png'}   total {time.perf_counter() - t0:.0f} s")
+        print(f"| {label} | {steps} | {acc:.3f} | {acc - seed_acc:+.3f} | {recorded(label)} |")
+
+
+def write_result(path: Path, seed_dir: Path, seed_acc: float, rows, run_dirs: dict, seconds: float) -> None:
+    """This demo's figures with the machine stamp: copy it into docs/reports/demo/ to record it."""
+    from engine.bench.stamp import machine_stamp
+    from engine.files import atomic_write_text
+
+    seed_report = json.loads((seed_dir / "seed_report.json").read_text())
+    result = {"command": "make demo", "seed_model": {k: seed_report.get(k) for k in ("seed", "heldout_accuracy",
+                                                                                     "params", "seconds")},
+              "seed_accuracy": seed_acc, "seconds": round(seconds, 1), "machine": machine_stamp(),
+              "runs": [{"label": label, "steps": steps, "accuracy": acc, "run_dir": str(run_dirs[label])}
+                       for label, steps, acc in rows]}
+    atomic_write_text(path, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

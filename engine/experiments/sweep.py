@@ -33,10 +33,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.config import ConfigError, RunConfig, config_from_dict
+from engine.config import ConfigError, RunConfig
+from engine.config_load import config_from_dict, format_error
 from engine.files import atomic_write_text
 
 
@@ -79,8 +82,53 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_").replace("__", "_")
 
 
-_TOP_KEYS = {"out", "seed_model", "seed_recipe", "reward_model", "reward_model_steps", "seeds", "base", "tasks",
-             "methods", "quick", "discussion"}
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuickSection(_Strict):
+    """What `--quick` changes: any top-level key, `base` merged into the base, and subsets of the
+    tasks and methods by name."""
+
+    out: str | None = None
+    seed_model: str | None = None
+    seed_recipe: dict[str, Any] | None = None
+    reward_model: str | None = None
+    reward_model_steps: int | None = Field(None, ge=1)
+    seeds: list[int] | None = None
+    discussion: str | None = None
+    base: dict[str, Any] = {}
+    tasks: list[str] | None = None
+    methods: list[str] | None = None
+
+
+class SweepFile(_Strict):
+    """A sweep file (configs/paper_cpu.yaml): typos fail with the nearest valid key, as in run configs."""
+
+    out: str = "runs/sweep"
+    seed_model: str
+    seed_recipe: dict[str, Any] = {}  # build_seed's keyword arguments, when the seed model is missing
+    reward_model: str | None = None
+    reward_model_steps: int = Field(300, ge=1)
+    seeds: list[int] = Field(min_length=1)
+    base: dict[str, Any]  # a partial run config shared by every run
+    tasks: dict[str, dict[str, Any]]  # each a partial run config, plus an optional `methods: [...]`
+    methods: dict[str, dict[str, Any]]  # each a partial run config
+    quick: QuickSection | None = None
+    discussion: str | None = None  # a markdown file appended to the report (a person's reading of it)
+
+    def quickened(self, where: Path) -> SweepFile:
+        q = self.quick or QuickSection()
+        plain = {k: v for k, v in q.model_dump(exclude={"base", "tasks", "methods"}).items() if v is not None}
+        update: dict[str, Any] = {"out": self.out + "_quick", **plain, "base": _merge(self.base, q.base)}
+        for key in ("tasks", "methods"):
+            names = getattr(q, key)
+            if names is not None:
+                missing = [k for k in names if k not in getattr(self, key)]
+                if missing:
+                    raise ConfigError(f"{where}: quick.{key} names {missing}, not in {key}")
+                update[key] = {k: getattr(self, key)[k] for k in names}
+        return self.model_copy(update=update)
 
 
 @dataclass
@@ -101,33 +149,16 @@ class Sweep:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"sweep file not found: {p}")
-        tree = yaml.safe_load(p.read_text()) or {}
-        unknown = set(tree) - _TOP_KEYS
-        if unknown:
-            raise ConfigError(f"{p}: unknown sweep key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS)}")
-        for key in ("seed_model", "seeds", "base", "tasks", "methods"):
-            if key not in tree:
-                raise ConfigError(f"{p}: sweep key '{key}' is missing")
+        try:
+            f = SweepFile.model_validate(yaml.safe_load(p.read_text()) or {})
+        except ValidationError as e:
+            raise ConfigError(f"{p}: " + format_error(e, SweepFile, "sweep")) from None
         if quick:
-            q = tree.get("quick") or {}
-            unknown = set(q) - (_TOP_KEYS - {"quick"})
-            if unknown:
-                raise ConfigError(f"{p}: unknown key(s) under quick: {sorted(unknown)}")
-            plain = {k: v for k, v in q.items() if k not in ("base", "tasks", "methods")}
-            tree = {**tree, "out": str(tree.get("out", "runs/sweep")) + "_quick", **plain,
-                    "base": _merge(tree["base"], q.get("base", {}))}
-            for key in ("tasks", "methods"):
-                if key in q:
-                    missing = [k for k in q[key] if k not in tree[key]]
-                    if missing:
-                        raise ConfigError(f"{p}: quick.{key} names {missing}, not in {key}")
-                    tree[key] = {k: tree[key][k] for k in q[key]}
-        return cls(out=Path(out or tree.get("out", "runs/sweep")), seed_model=Path(tree["seed_model"]),
-                   seed_recipe=dict(tree.get("seed_recipe") or {}),
-                   reward_model=Path(tree["reward_model"]) if tree.get("reward_model") else None,
-                   reward_model_steps=int(tree.get("reward_model_steps", 300)), seeds=list(tree["seeds"]),
-                   base=tree["base"], tasks=tree["tasks"], methods=tree["methods"],
-                   discussion=Path(tree["discussion"]) if tree.get("discussion") else None)
+            f = f.quickened(p)
+        return cls(out=Path(out or f.out), seed_model=Path(f.seed_model), seed_recipe=dict(f.seed_recipe),
+                   reward_model=Path(f.reward_model) if f.reward_model else None,
+                   reward_model_steps=f.reward_model_steps, seeds=list(f.seeds), base=f.base, tasks=f.tasks,
+                   methods=f.methods, discussion=Path(f.discussion) if f.discussion else None)
 
     def runs(self) -> list[RunSpec]:
         values = {"seed_model": self.seed_model, "reward_model": self.reward_model or ""}
@@ -193,8 +224,7 @@ def _write_json(path: Path, obj) -> None:
 
 def run_sweep(sweep: Sweep) -> dict:
     """Every run not yet done, in order; returns {"ran": n, "skipped": n, "seconds": s}."""
-    from engine.parallel.mesh import Mesh
-    from engine.process import setup_process
+    from engine.process import init_mesh, setup_process
     from engine.run import build_run
     from engine.sampler.vllm_engine import VLLMSampler
     from engine.tasks import check_paths
@@ -209,12 +239,13 @@ def run_sweep(sweep: Sweep) -> dict:
     t0 = time.perf_counter()
     if not todo:
         return {"ran": 0, "skipped": len(runs), "seconds": 0.0}
-    mesh = Mesh.init(tp_size=1, pp_size=1)
+    mesh = init_mesh(todo[0][1])
     if mesh.world_size != 1:
         mesh.destroy()
         raise ConfigError("semionline sweep runs in one process (each run is a single-process run); "
                           "launch it with python, not torchrun")
-    sampler = VLLMSampler.from_config(todo[0][1].sampler, model=str(sweep.seed_model), seed=0)
+    first = todo[0][1]
+    sampler = VLLMSampler.from_config(first.sampler, model=str(sweep.seed_model), seed=0, dtype=first.sampler_dtype)
     step0_cache: dict = {}
     try:
         for k, (spec, cfg) in enumerate(todo):

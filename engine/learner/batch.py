@@ -34,7 +34,9 @@ class PackedBatch:
         return out.index_add(0, self.seq_index, values)
 
 
-def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int = 0) -> PackedBatch:
+def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int = 0,
+         device: torch.device | str | None = None) -> PackedBatch:
+    """Right-padded batch on `device` (the learner's: on CUDA every index tensor lives there too)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if any(len(p) == 0 for p in prompts):
@@ -52,14 +54,9 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], p
         targets.append(torch.tensor(list(r), dtype=torch.long))
         seq_index.append(torch.full((n,), b, dtype=torch.long))
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    return PackedBatch(
-        input_ids=ids,
-        rows=cat(rows),
-        cols=cat(cols),
-        targets=cat(targets),
-        seq_index=cat(seq_index),
-        lengths=torch.tensor([len(r) for r in responses], dtype=torch.long),
-    )
+    tensors = {"input_ids": ids, "rows": cat(rows), "cols": cat(cols), "targets": cat(targets),
+               "seq_index": cat(seq_index), "lengths": torch.tensor([len(r) for r in responses], dtype=torch.long)}
+    return PackedBatch(**{k: v.to(device) if device is not None else v for k, v in tensors.items()})
 
 
 def response_logprobs(

@@ -23,6 +23,7 @@ from engine.learner.batch import pack
 from engine.learner.optim import build_optimizer, clip_grad_norm
 from engine.learner.passes import PassResult, PipelinedModel, chunks, dp_share, dpo_pass, grpo_pass
 from engine.model.hf_io import iter_hf_weights, load_model, save_hf, weight_specs
+from engine.model.te import resolve_te, te_layer_class
 from engine.parallel.grads import sync_gradients
 from engine.parallel.mesh import Mesh
 from engine.rollout.types import (
@@ -37,17 +38,17 @@ from engine.rollout.types import (
 from kernels.paths import resolve_impl
 
 
-def fresh_gap(seqs: Sequence[Rollout], pol_tok: torch.Tensor, step: int) -> tuple[float, int]:
-    """Sum and count of |learner - sampler| log-prob over the tokens of the rollouts that were
+def fresh_gap(seqs: Sequence[Rollout], pol_tok: torch.Tensor, step: int) -> tuple[float, int, float]:
+    """Sum, count and max of |learner - sampler| log-prob over the tokens of the rollouts that were
     sampled with the learner's current weights (version == step): the parity check on the batch
     itself, from the training forward pass (`pol_tok`: the responses' tokens, in `seqs` order)."""
     fresh = [r.version == step for r in seqs]
     if not any(fresh):
-        return 0.0, 0
+        return 0.0, 0, 0.0
     behaviour = torch.tensor([lp for r in seqs for lp in r.behaviour_logprobs], dtype=torch.float32)
     mask = torch.repeat_interleave(torch.tensor(fresh), torch.tensor([len(r.response_ids) for r in seqs]))
     diff = (pol_tok.detach().float().cpu() - behaviour)[mask].abs()
-    return float(diff.sum()), int(diff.numel())
+    return float(diff.sum()), int(diff.numel()), float(diff.max()) if diff.numel() else 0.0
 
 
 @torch.no_grad()
@@ -57,7 +58,8 @@ def score_sequences(passes: PipelinedModel, seqs: Sequence[tuple[Sequence[int], 
     (collective over TP and PP). With `dp_mesh`, each DP replica scores a contiguous share of the
     micro-batches and the shares are gathered (`semionline score`); without, every replica scores
     all of them (the learner's own checks)."""
-    batches = [pack([p for p, _ in chunk], [r for _, r in chunk]) for chunk in chunks(list(seqs), micro_batch_size)]
+    batches = [pack([p for p, _ in chunk], [r for _, r in chunk], device=passes.mesh.device)
+               for chunk in chunks(list(seqs), micro_batch_size)]
     mine = dp_share(batches, dp_mesh) if dp_mesh is not None else batches
     out = [lp for b, lps in zip(mine, passes.logprobs(mine, broadcast=True), strict=True) for lp in b.split(lps)]
     if dp_mesh is not None and dp_mesh.dp_size > 1:
@@ -80,8 +82,10 @@ class Learner:
 
     def __init__(self, model: str, cfg: LearnerConfig, optim: OptimConfig, mesh: Mesh, *, kernels: str | None = None):
         self.model_dir, self.cfg, self.optim_cfg, self.mesh = model, cfg, optim, mesh
-        self.policy = load_model(model, mesh, virtual_stages=cfg.virtual_stages)
-        self.reference = load_model(model, mesh, virtual_stages=cfg.virtual_stages)
+        # Transformer Engine's fused layers on CUDA when installed (learner.te), else megatron-core's
+        layers = te_layer_class(resolve_te(cfg.te, mesh.device))
+        self.policy = load_model(model, mesh, virtual_stages=cfg.virtual_stages, layer_class=layers)
+        self.reference = load_model(model, mesh, virtual_stages=cfg.virtual_stages, layer_class=layers)
         self.reference.eval().requires_grad_(False)
         self.optimizer, self.scheduler = build_optimizer(self.policy.parameters(), optim)
         self.kernels = resolve_impl(kernels, mesh.device)  # log-prob and loss kernel path
@@ -89,6 +93,7 @@ class Learner:
         self.reference_passes = PipelinedModel(self.reference, impl=self.kernels, autocast=self._autocast)
         self.step = 0
         self._parity = [0.0, 0]  # this step's fresh-token |learner - sampler| sum and count
+        self._parity_max = 0.0  # ... and its largest (this rank)
         self.skipping = False  # the step in hand has no training signal (`backward` found none)
 
     # -- scoring ---------------------------------------------------------------------------
@@ -120,9 +125,11 @@ class Learner:
             metrics = self._grpo_pass(batch.groups, grpo) or {"train/sequences": 0.0, "_skip": True}
         total, n = self._parity
         self._parity = [0.0, 0]
+        worst = self._reduced_parity_max()
         self.skipping = bool(metrics.pop("_skip", False))
         if n and not self.skipping:
-            metrics.update({"parity/batch_gap": total / n, "parity/batch_tokens": float(n)})
+            metrics.update({"parity/batch_gap": total / n, "parity/batch_gap_max": worst,
+                            "parity/batch_tokens": float(n)})
         return metrics
 
     def update(self) -> dict[str, float]:
@@ -201,7 +208,18 @@ class Learner:
         return None if r is None else self._counted(r)
 
     def _fresh_gap(self, seqs: Sequence[Rollout], logprobs: torch.Tensor) -> tuple[float, int]:
-        return fresh_gap(seqs, logprobs, self.step)
+        total, count, worst = fresh_gap(seqs, logprobs, self.step)
+        self._parity_max = max(self._parity_max, worst)
+        return total, count
+
+    def _reduced_parity_max(self) -> float:
+        """This step's largest fresh-token gap over the mesh (each last stage saw its DP share)."""
+        worst, self._parity_max = self._parity_max, 0.0
+        if self.mesh.world_size == 1:
+            return worst
+        t = torch.tensor([worst], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=getattr(self.mesh, "object_group", None))
+        return float(t)
 
     def _counted(self, result: PassResult) -> dict[str, float]:
         """A pass's metrics; its parity sums go into this step's batch parity check."""

@@ -217,7 +217,7 @@ def objective_pass(
     mesh = policy.mesh
     parts = [list(c) for c in chunks(list(dp_share(items, mesh)), items_per_micro)]
     seqs = [sequences(part) for part in parts]
-    batches = [pack([r.prompt_ids for r in s], [r.response_ids for r in s]) for s in seqs]
+    batches = [pack([r.prompt_ids for r in s], [r.response_ids for r in s], device=mesh.device) for s in seqs]
     none: list[torch.Tensor | None] = [None] * len(batches)
     old = policy.logprobs(batches) if with_old_logprobs else none
     ref = reference_logprobs(reference, batches, seqs, mesh) if reference is not None else none

@@ -107,7 +107,7 @@ def read_model_config(model_dir: Path, mesh: Mesh) -> ModelConfig:
 
 
 def load_model(model_dir: str | os.PathLike, mesh: Mesh, params_dtype: torch.dtype = torch.float32, *,
-               virtual_stages: int = 1) -> CausalLM:
+               virtual_stages: int = 1, layer_class: type | None = None) -> CausalLM:
     """Build a `CausalLM` from a HF checkpoint directory at any (tp, pp): each rank reads only the
     slices of its own stages' tensors (`safe_open(...).get_slice`). No communication; every rank
     of the mesh calls it."""
@@ -126,7 +126,8 @@ def load_model(model_dir: str | os.PathLike, mesh: Mesh, params_dtype: torch.dty
         stage_layers(cfg.num_layers, mesh.pp_size, virtual_stages)
     except ValueError as e:
         raise CheckpointError(f"load_model: {model_dir}: {e}") from e
-    model = CausalLM(cfg, mesh, params_dtype, init_weights=False, virtual_stages=virtual_stages)
+    model = CausalLM(cfg, mesh, params_dtype, init_weights=False, virtual_stages=virtual_stages,
+                     layer_class=layer_class)
     load_shards(model, dict(model.named_parameters()), files)
     return model
 

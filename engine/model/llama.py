@@ -196,13 +196,19 @@ class CausalLM(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, mesh: Mesh, params_dtype: torch.dtype = torch.float32, *,
-                 init_weights: bool = True, seed: int = 0, init_std: float = 0.02, virtual_stages: int = 1):
+                 init_weights: bool = True, seed: int = 0, init_std: float = 0.02, virtual_stages: int = 1,
+                 layer_class: type[nn.Module] | None = None):
         super().__init__()
         cfg.check_tensor_parallel(mesh.tp_size)
         self.cfg, self.mesh = cfg, mesh
         self.virtual_stages = virtual_stages
-        mp = ModelParallelConfig(tensor_model_parallel_size=mesh.tp_size, use_cpu_initialization=True,
-                                 params_dtype=params_dtype, perform_initialization=False)
+        # On CUDA the megatron layers allocate straight on the current device (no CPU copy first).
+        mp = ModelParallelConfig(tensor_model_parallel_size=mesh.tp_size,
+                                 use_cpu_initialization=mesh.device.type != "cuda", params_dtype=params_dtype,
+                                 perform_initialization=False)
+        # DecoderLayer, or Transformer Engine's fused twin with the same parameter names
+        # (engine/model/te.py: te_layer_class)
+        layer_class = layer_class or DecoderLayer
         ranges = stage_layers(cfg.num_layers, mesh.pp_size, virtual_stages)
         self.stage_ranges = ranges
         self.stage_ids = [s for s in range(len(ranges)) if s % mesh.pp_size == mesh.pp_rank]
@@ -212,7 +218,7 @@ class CausalLM(nn.Module):
         if mesh.is_first_stage:
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, init_method=_unused, config=mp,
                                                 tp_group=mesh.tp_group)
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, mesh, mp) for s in self.stage_ids for i in ranges[s]})
+        self.layers = nn.ModuleDict({str(i): layer_class(cfg, mesh, mp) for s in self.stage_ids for i in ranges[s]})
         if mesh.is_last_stage:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, params_dtype)
             self.lm_head = ColumnParallelLinear(

@@ -21,6 +21,8 @@ def rollout_metrics(batch: RolloutBatch, sampler_version: int) -> dict[str, floa
         "reward/mean": _mean(rewards),  # NaN when every sample's reward failed (none kept)
         "response/length": _mean(lengths),
         "response/truncated": _mean([float(r.finish_reason == "length") for r in batch.rollouts]),
+        # the paper's answer format: how often a response puts an answer in \boxed{}
+        "response/boxed": _mean([float("\\boxed{" in r.text) for r in batch.rollouts]),
         "reward/timeouts": float(batch.reward_timeouts),
         "rollout/version": float(batch.version),
         "rollout/staleness": float(batch.step - 1 - batch.version),

@@ -41,7 +41,8 @@ Choices, and why:
 - KV cache: `kv_cache_gib` becomes the engine argument `kv_cache_memory_bytes` (fractions allowed).
   An inherited `VLLM_CPU_KVCACHE_SPACE` would silently override it on CPU, so it is unset while
   the engine is built.
-- `enforce_eager=True`: no torch.compile (start-up is already ~15 s on 2 cores).
+- Eager on CPU (no torch.compile: start-up is already ~15 s on 2 cores); CUDA graphs on GPU unless
+  `sampler.enforce_eager`. Precision: `dtype` (the run's `sampler.dtype`, auto = the learner's).
 - Chunked prefill is off (`max_num_batched_tokens = max(4096, max_model_len)`, whole prompts per
   step): in vllm-cpu 0.32, a seeded request whose prompt is split across steps crashes the
   worker (`gen.set_offset` -> "CPU Generator does not use offset"), which any seeded batch
@@ -191,6 +192,11 @@ class VLLMSampler:
         from vllm import LLM
 
         c = self.cfg
+        gpu = torch.cuda.is_available()
+        # GPU: the engine takes `gpu_memory_utilization` of the device (colocated with the learner)
+        # and captures CUDA graphs unless enforce_eager; CPU: a fixed KV cache, always eager.
+        memory = ({"gpu_memory_utilization": c.gpu_memory_utilization} if gpu
+                  else {"kv_cache_memory_bytes": int(c.kv_cache_gib * _GIB)})
         return LLM(
             model=self.model_dir,
             tokenizer=self.model_dir,
@@ -198,9 +204,9 @@ class VLLMSampler:
             seed=seed,
             max_model_len=c.max_model_len,
             tensor_parallel_size=c.tp,
-            kv_cache_memory_bytes=int(c.kv_cache_gib * _GIB),
+            **memory,
             logprobs_mode=LOGPROBS_MODE,
-            enforce_eager=True,
+            enforce_eager=not gpu or bool(c.enforce_eager),
             enable_chunked_prefill=False,  # see the module docstring: seeded requests crash with it
             max_num_batched_tokens=max(4096, c.max_model_len),
             disable_log_stats=True,

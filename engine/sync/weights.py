@@ -59,6 +59,7 @@ class WeightSync:
         self.sampler, self.engine = sampler, engine
         self.probe_prompts, self.stop_ids = probe_prompts, stop_ids
         self.version = 0  # the learner step whose weights the sampler holds
+        self.push_dtype = torch.bfloat16 if cfg.sampler_dtype == "bfloat16" else None
         self.kept: dict[str, torch.Tensor] | None = None  # a copy of the sampler's weights (eval swaps)
         # Evals happen at steps where the sampler may hold older weights (s > 1, offline): keep a
         # copy of its weights to swap back, also when a checkpoint may have to restore a stale one.
@@ -66,7 +67,8 @@ class WeightSync:
         needs_swap = cfg.offline or any(
             not cfg.sync_due(t) for t in range(1, cfg.steps + 1) if t == cfg.steps or (every and t % every == 0))
         self.remember = needs_swap or (cfg.checkpoint.every > 0 and not cfg.offline and int(cfg.sync_every) > 1)
-        self._gaps: list[float] = []  # this step's parity measurements
+        self._gaps: list[float] = []  # this step's parity measurements (means)
+        self._gap_max = 0.0  # ... and the largest single-token gap among them
         self._pipeline = None
 
     def attach(self, pipeline) -> None:
@@ -88,6 +90,8 @@ class WeightSync:
 
         def stream():
             for name, tensor in source:
+                if self.push_dtype is not None:  # the sampler holds bf16: half the bytes to move
+                    tensor = tensor.to(self.push_dtype)
                 if remember:
                     kept[name] = tensor.detach().clone()
                 yield name, tensor
@@ -147,10 +151,11 @@ class WeightSync:
                      for i, o in zip(idx, outs, strict=True)]
         probe = broadcast_object(probe, self.mesh)
         learner = self.learner.score([(p, r) for p, r, _ in probe])
-        diffs = torch.cat([(lp - torch.tensor(s)).abs() for lp, (_, _, s) in zip(learner, probe, strict=True)])
+        diffs = torch.cat([(lp.float().cpu() - torch.tensor(s)).abs() for lp, (_, _, s) in zip(learner, probe, strict=True)])
         gap = float(diffs.mean()) if diffs.numel() else 0.0
-        if gap > self.cfg.sampler.max_logprob_gap:
-            raise gap_error(gap, self.cfg.sampler.max_logprob_gap, f"after the weight push at step {step}")
+        self._gap_max = max(self._gap_max, float(diffs.max()) if diffs.numel() else 0.0)
+        if gap > self.cfg.logprob_gap_limit:
+            raise gap_error(gap, self.cfg.logprob_gap_limit, f"after the weight push at step {step}")
         return gap
 
     def check_batch(self, metrics: dict[str, float], batch: RolloutBatch, step: int) -> bool:
@@ -160,9 +165,11 @@ class WeightSync:
         c = self.cfg.sampler
         if "parity/batch_gap" in metrics:
             gap = metrics["parity/batch_gap"]
-            if c.parity_check == "batch" and gap > c.max_logprob_gap:
-                raise gap_error(gap, c.max_logprob_gap, f"on the batch of optimizer step {step} (sampled right after a sync)")
+            limit = self.cfg.logprob_gap_limit
+            if c.parity_check == "batch" and gap > limit:
+                raise gap_error(gap, limit, f"on the batch of optimizer step {step} (sampled right after a sync)")
             self._gaps.append(gap)
+            self._gap_max = max(self._gap_max, metrics.get("parity/batch_gap_max", 0.0))
             return False
         return (batch.version == self.learner.step and batch.version > 0 and self.learner.skipping
                 and c.parity_check == "batch")
@@ -172,9 +179,13 @@ class WeightSync:
             self._gaps.append(self.probe_gap(step))
 
     def step_gap(self) -> dict[str, float]:
-        """`sync/logprob_gap`: the largest parity gap measured this step (absent if none was)."""
-        gaps, self._gaps = self._gaps, []
-        return {"sync/logprob_gap": max(gaps)} if gaps else {}
+        """`sync/logprob_gap`: the largest mean parity gap measured this step (absent if none was),
+        with the largest single-token gap and the limit the mean is held to."""
+        gaps, worst, self._gaps, self._gap_max = self._gaps, self._gap_max, [], 0.0
+        if not gaps:
+            return {}
+        return {"sync/logprob_gap": max(gaps), "sync/logprob_gap_max": worst,
+                "sync/logprob_gap_limit": self.cfg.logprob_gap_limit}
 
     # -- around training and evaluation ------------------------------------------------------
 

@@ -66,6 +66,16 @@ def test_unknown_config_key_is_named(tmp_path):
     _fails_with(res, "unknown config key 'stepz'", "did you mean 'steps'")
 
 
+def test_cuda_device_without_cuda_fails_before_anything_loads(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    res = _cli("train", "--config", "configs/demo/grpo.yaml", "--run-dir", tmp_path / "r", "learner.device=cuda")
+    _fails_with(res, "learner.device=cuda", "torch.cuda.is_available() is False")
+    assert not (tmp_path / "r").exists()  # nothing loaded, nothing written
+
+
 def test_broken_data_row_names_file_and_line(seed_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q: 1+1?\\nA:", "answer": "2"}\n{"prompt": "Q: 2+2?\\nA:"}\n')

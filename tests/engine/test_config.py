@@ -1,6 +1,7 @@
 import pytest
 
-from engine.config import ConfigError, dump_config, load_config
+from engine.config import ConfigError
+from engine.config_load import dump_config, load_config
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -16,9 +16,9 @@ from engine.data.tokenizer import load_tokenizer, save_tokenizer
 from engine.evaluator import Evaluator
 from engine.loop import RunLoop
 from engine.metrics import MetricsLogger, read_metrics
+from engine.rewards.errors import RewardErrorsExceeded
 from engine.rollout.log import RolloutLog
 from engine.rollout.source import RolloutSource
-from engine.rewards.errors import RewardErrorsExceeded
 from engine.sync.weights import LogprobGapError, WeightSync
 
 MESH = SimpleNamespace(rank=0, world_size=1, dp_rank=0, device=torch.device("cpu"), layout="tp1 pp1 dp1")
@@ -94,6 +94,7 @@ def test_each_batch_is_made_with_the_weights_of_the_last_sync(data, tokenizer, t
         assert [float(p["w"]) for p in sampler.pushes] == [2.0, 4.0]
     if s == "offline":
         assert [float(p["w"]) for p in sampler.pushes] == [4.0, 0.0]  # eval swap in, the seed's weights back
+        assert any("time/offline_generate" in r for r in read_metrics(tmp_path / "metrics.jsonl"))
         # probe, step 0 (the seed's baseline responses + its eval), the 4 steps' pool, the final eval
         assert len(sampler.generates) == 1 + 2 + 4 + 1
     assert learner.step == 4 and summary.final_checkpoint.endswith("final") and sampler.closed

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError
+from engine.config_load import load_config
 from engine.overlap import Produced, RolloutPipeline
 from engine.rollout.types import RolloutBatch
 

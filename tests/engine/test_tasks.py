@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from engine.config import load_config
+from engine.config_load import load_config
 from engine.data.prompts import PromptRow, write_jsonl
 from engine.data.tokenizer import load_tokenizer, save_tokenizer
 from engine.demo.chat import chat_prompts

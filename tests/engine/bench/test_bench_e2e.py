@@ -2,13 +2,9 @@
 `rank<r>/time/*`) and the weight sync's share of the step, which leaves out the run's last step
 (its sync also runs the parity probe)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "launch"))
-from bench_e2e import per_rank, summarize  # noqa: E402
+from engine.bench.e2e import per_rank, summarize
 
 
 def _row(step, **kw):

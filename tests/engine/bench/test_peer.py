@@ -16,7 +16,7 @@ from engine.bench.peer_semionline import dpo_config, grpo_config, read_steps
 from engine.bench.peer_stats import RunTimings, markdown_table, spread, summarize
 from engine.bench.peer_work import PeerWork, prepare_pairs, prepare_prompts, response_text
 from engine.bench.stamp import machine_stamp
-from engine.config import config_from_dict
+from engine.config_load import config_from_dict
 
 
 def _run(label, repeat, step_seconds, **phases):

@@ -12,7 +12,6 @@ from engine.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_example, encode
 from engine.demo.seed import (
     SeedModelConfig,
     _collate,
-    _save_atomically,
     answer_is_correct,
     build_seed,
     greedy_responses,
@@ -89,20 +88,11 @@ def test_loss_covers_response_and_eos_only(seed_dir):
         assert torch.allclose(bf16, loss, atol=0.05)
 
 
-def test_answer_check_and_atomic_replace(tmp_path):
+def test_answer_check():
     assert answer_is_correct(" 2+3=5. The answer is 5.", "5")
     assert not answer_is_correct(" 2+3=5. The answer is 6.", "5")
     assert answer_is_correct(" The answer is 4. The answer is 5.", "5")  # the last one counts
     assert not answer_is_correct(" 2+3=5.", "5")
-    out = tmp_path / "seed"
-    (out / "data").mkdir(parents=True)
-    (out / "old.txt").write_text("old")
-    new = tmp_path / ".seed.tmp-x"
-    new.mkdir()
-    (new / "config.json").write_text("{}")
-    _save_atomically(new, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed"]
 
 
 def test_prompt_encoding_of_saved_tokenizer_matches_training(seed_dir):

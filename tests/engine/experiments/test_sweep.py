@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import ConfigError, config_from_dict
+from engine.config import ConfigError
+from engine.config_load import config_from_dict
 from engine.experiments.report import Stat, compare, write_report
 from engine.experiments.sweep import Sweep, config_hash, slug
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PAPER = REPO / "configs" / "paper_cpu.yaml"
 
 
@@ -49,8 +50,11 @@ def test_sweep_file_errors_name_the_key(tmp_path):
     tree = yaml.safe_load(PAPER.read_text())
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**tree, "sedes": [0]}))
-    with pytest.raises(ConfigError, match="sedes"):
+    with pytest.raises(ConfigError, match="unknown sweep key 'sedes'; did you mean 'seeds'"):
         Sweep.load(bad)
+    bad.write_text(yaml.safe_dump({**tree, "quick": {**tree["quick"], "reward_model_stepz": 3}}))
+    with pytest.raises(ConfigError, match="'quick.reward_model_stepz'; did you mean 'quick.reward_model_steps'"):
+        Sweep.load(bad, quick=True)
     tree["methods"]["online DPO"]["sync_evry"] = 1
     bad.write_text(yaml.safe_dump(tree))
     with pytest.raises(ConfigError, match=r"online DPO.*sync_evry"):
