@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def variants(args) -> list[tuple[str, list[str]]]:
     if args.variant:
         out = [parse_variant(v) for v in args.variant]
+    elif args.objective == "dpo":  # offline DPO on preference rows: sync_every=offline is set by the config
+        over = [f"learner.threads={args.learner_threads}"] if args.learner_threads else []
+        out = [("semionline[offline]", over)]
     else:
         name = f"s{args.sync_every}" + ("-overlap" if args.overlap else "")
         name += f"-t{args.learner_threads}" if args.learner_threads else ""
