@@ -58,8 +58,8 @@ fetch-smollm2: setup
 demo: seed
 	$(BIN)/python -m engine.demo.run --seed-dir $(SEED)
 
-test: seed
-	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: seed fetch-smollm2
+	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
 
 # The paper's comparison at CPU scale (configs/paper_cpu.yaml): builds its seed model and reward
 # model when missing, resumable; the report is runs/paper_cpu/report.md.
