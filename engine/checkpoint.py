@@ -1,12 +1,12 @@
 """Training-state checkpoints of a run: where they live, how they are committed, and the
-orchestrator's own state.
+run's own state (save_run / restore_run).
 
     RUN_DIR/checkpoints/step-000010/     one complete checkpoint (see below)
     RUN_DIR/checkpoints/latest           "step-000010": replaced atomically once that directory is whole
     RUN_DIR/checkpoints/.step-000012.tmp a checkpoint being written (ignored, removed on resume)
 
 A checkpoint directory holds `meta.json` (written last), `run_state.pt` (`RunState`: the
-orchestrator's step, sampler weight version, prompt-stream position, RNG states, pending rollouts),
+run's step, sampler weight version, prompt-stream position, RNG states, pending rollouts),
 the learner's `learner.json`, `model/` and `optim/` (`engine.learner.checkpoint`: every tensor
 whole under its Hugging Face name, so it loads at any (tp, pp, dp)), and `sampler/` (the weights
 the sampler held, when they are neither the seed's nor the learner's).
@@ -37,7 +37,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class RunState:
-    """The orchestrator's part of a checkpoint (pickled with torch.save; small)."""
+    """The run's part of a checkpoint (pickled with torch.save; small)."""
 
     step: int  # optimizer steps done
     version: int  # learner step whose weights the sampler holds

@@ -3,7 +3,7 @@
     semionline train --config configs/demo/grpo.yaml overlap=true sync_every=4
 
 A producer thread on the driver rank (the one that owns the sampler) calls a `produce(step)`
-function — the orchestrator's `produce_rollouts` — for steps start+1, start+2, … and puts each
+function — `RolloutSource.produce` — for steps start+1, start+2, … and puts each
 batch, tagged with the sampler weight version that generated it, into a bounded queue; the main
 thread takes them in step order. What this module must not do: collectives. Under torchrun only
 the driver runs the producer; the main thread broadcasts each batch and pushes weights, so every

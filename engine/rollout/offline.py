@@ -5,7 +5,7 @@ seed's rollouts instead of each generating them again.
 
 The file holds the pool and the key of the settings it was made with (the seed model's weights,
 prompts, sampling, steps); a file made with other settings is replaced. Writes are atomic. What
-a pool entry holds is the orchestrator's business (engine/loop.py).
+a pool entry holds is RolloutSource's business (engine/rollout/source.py).
 """
 
 from __future__ import annotations

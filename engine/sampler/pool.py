@@ -16,10 +16,10 @@ loads the whole model, so a push moves the parameter bytes once per remote node.
 
 On the other nodes a service thread (`serve`) owns the engine and waits for the driver's
 commands on that group; it never touches the learner's groups, so it runs beside the training
-step of its rank. On the driver, whichever thread holds the orchestrator's sampler lock issues
+step of its rank. On the driver, whichever thread holds the run's sampler lock (WeightSync) issues
 the commands, so they reach the group one at a time and in the same order everywhere.
 
-Not here: choosing prompts, rewards, versions (the orchestrator does those on the driver).
+Not here: choosing prompts, rewards, versions (RolloutSource and WeightSync do those on the driver).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def node_leaders() -> list[int]:
 
 
 class EnginePool:
-    """The driver's handle on every node's engine (the `VLLMSampler` methods the orchestrator uses)."""
+    """The driver's handle on every node's engine (the `VLLMSampler` methods the run uses)."""
 
     def __init__(self, local: VLLMSampler, group, ranks: list[int]):
         self.local, self.group, self.ranks = local, group, ranks

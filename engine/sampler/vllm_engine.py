@@ -53,7 +53,7 @@ Choices, and why:
 - Quiet waits (`quiet()`; `quiet_wait_ms`, default "auto": 5 ms on CPU, off with CUDA): vLLM's
   engine core and worker spin on `sched_yield()` for a second after each message while they wait
   for each other; on 2 cores that spinning took a core from the worker or from the learner
-  training beside it. Inside `with sampler.quiet():` (the orchestrator wraps each training step)
+  training beside it. Inside `with sampler.quiet():` (WeightSync.training wraps each training step)
   the plugin `engine/sampler/vllm_plugin.py` (entry point `vllm.general_plugins`) makes them block
   on the writer's notification instead, re-checking at least every `quiet_wait_ms`. Outside it
   they spin as vLLM does, which is 10-20% faster for generation alone.
