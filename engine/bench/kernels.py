@@ -243,7 +243,7 @@ def e2e_worker(impl: str, model_dir: str) -> dict:
     gen = torch.Generator().manual_seed(0)
     with Mesh.init(tp_size=1) as mesh:
         cfg = RunConfig(model=model_dir, kernels=impl, optim={"lr": 1e-5}, learner={"micro_batch_size": 32})
-        learner = Learner(cfg, mesh)
+        learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
         vocab = learner.policy.cfg.vocab_size
         seqs = [
             (
@@ -278,7 +278,7 @@ def e2e_worker(impl: str, model_dir: str) -> dict:
         ]
         base = _rss_bytes()
         t0 = time.perf_counter()
-        metrics = learner.train_grpo(groups)
+        metrics = learner.train_grpo(groups, cfg.grpo)
         seconds = time.perf_counter() - t0
         peak = _peak_rss_bytes() - base
     return {

@@ -148,12 +148,12 @@ def throughput(name: str, args, root: Path, peak: float) -> dict:
     sequences = 8 * (args.sequences // 8)
     with Mesh.init() as mesh:
         torch.set_num_threads(args.threads)
-        learner = Learner(cfg, mesh)
-        learner.train_grpo(groups)  # warm-up: allocator, AdamW state
+        learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
+        learner.train_grpo(groups, cfg.grpo)  # warm-up: allocator, AdamW state
         times = []
         for _ in range(args.steps):
             t = time.perf_counter()
-            learner.train_grpo(groups)
+            learner.train_grpo(groups, cfg.grpo)
             times.append(time.perf_counter() - t)
     seconds = sorted(times)[len(times) // 2]
     mcfg = ModelConfig(**MODELS[name])
@@ -200,7 +200,7 @@ def bubble_worker(args) -> None:
     schedules._wait_batch_p2p = timed_wait  # measurement only: the schedule calls it for every P2P wait
     mesh = Mesh.init(pp_size=2)
     cfg = RunConfig(model=args.bubble_model, learner={"pp": 2, "micro_batch_size": args.micro_batch})
-    learner = Learner(cfg, mesh)
+    learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
     vocab = MODELS["bubble"]["vocab_size"]
     rows = []
     for m in args.microbatches:
