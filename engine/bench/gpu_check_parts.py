@@ -204,15 +204,9 @@ def _loss_checks(impl: str, device: torch.device) -> dict:
 
 
 def _cuda_seconds(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeat
+    from engine.bench.kernels import _cuda_time  # one CUDA-event timer for the benches
+
+    return _cuda_time(fn, repeat)
 
 
 def _throughput(n: int, h: int, v: int, repeat: int = 5) -> dict:

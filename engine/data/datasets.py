@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.data.prompts import PROMPT_KEYS, PromptFileError, PromptRow, parse_prompt_record
+from engine.data.prompts import PROMPT_KEYS, PromptFileError, PromptRow, jsonl_records, parse_prompt_record
 
 HF_PREFIX = "hf://"
 Kind = Literal["jsonl", "json", "parquet", "disk", "hf"]
@@ -71,21 +71,6 @@ def parse_source(source: str | Path) -> DataSource:
                           ".parquet, a datasets.save_to_disk folder or hf://NAME[:CONFIG][@SPLIT]")
 
 
-def _jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, errors name the file
-    except OSError as e:
-        raise PromptFileError(f"{path}: cannot open: {e.strerror}") from e
-    with f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{lineno}: invalid JSON: {e}") from e
-
-
 def _json_records(path: str) -> Iterator[tuple[str, Any]]:
     """A JSON array of objects; a file of JSON lines named .json (what `Dataset.to_json` writes) too."""
     text = Path(path).read_text(encoding="utf-8")
@@ -97,7 +82,7 @@ def _json_records(path: str) -> Iterator[tuple[str, Any]]:
         if isinstance(whole, dict) and "\n" in text.strip():
             raise PromptFileError(f"{path}: one JSON object with keys {sorted(whole)[:10]}; expected a JSON array of "
                                   "rows or one row per line")
-        yield from _jsonl_records(path)
+        yield from jsonl_records(path)
         return
     try:
         data = json.loads(text)
@@ -172,7 +157,7 @@ def read_records(source: str | Path) -> tuple[DataSource, list[str] | None, Iter
     of (origin, record))."""
     src = parse_source(source)
     if src.kind == "jsonl":
-        return src, None, _jsonl_records(src.path)
+        return src, None, jsonl_records(src.path)
     if src.kind == "json":
         return src, None, _json_records(src.path)
     columns, rows = {"parquet": _parquet, "disk": _disk, "hf": _hub}[src.kind](src)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -137,12 +137,10 @@ def _row_from_json(obj: Any) -> PromptRow:
     return parse_prompt_record(obj)
 
 
-def _read_jsonl(path: str | Path, parse: Callable[[Any], T]) -> list[T]:
-    """Every row of a jsonl file through `parse`; PromptFileError("path:line: why") on a bad row."""
-    path = Path(path)
-    rows: list[T] = []
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """("path:line", parsed JSON) for every non-blank line; PromptFileError naming the line on bad JSON."""
     try:
-        f = path.open(encoding="utf-8")
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed below, errors name the file
     except OSError as e:
         raise PromptFileError(f"{path}: cannot open: {e.strerror}") from e
     with f:
@@ -150,16 +148,22 @@ def _read_jsonl(path: str | Path, parse: Callable[[Any], T]) -> list[T]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise PromptFileError(f"{path}:{lineno}: invalid JSON: {e}") from e
-            try:
-                row = parse(obj)
-            except ValueError as e:
-                raise PromptFileError(f"{path}:{lineno}: {e}") from e
-            if isinstance(row, PromptRow):
-                row.origin = f"{path}:{lineno}"
-            rows.append(row)
+
+
+def _read_jsonl(path: str | Path, parse: Callable[[Any], T]) -> list[T]:
+    """Every row of a jsonl file through `parse`; PromptFileError("path:line: why") on a bad row."""
+    rows: list[T] = []
+    for origin, obj in jsonl_records(path):
+        try:
+            row = parse(obj)
+        except ValueError as e:
+            raise PromptFileError(f"{origin}: {e}") from e
+        if isinstance(row, PromptRow):
+            row.origin = origin
+        rows.append(row)
     if not rows:
         raise PromptFileError(f"{path}: no rows")
     return rows
