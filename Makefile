@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 SEED    ?= .cache/seed
 PYTEST_ARGS ?=
 
-.PHONY: setup seed fetch-smollm2 demo test sweep sweep-quick lint clean-venv
+.PHONY: setup seed fetch-smollm2 demo test test-slow test-all coverage sweep sweep-quick lint clean-venv
 
 setup: $(STAMP)
 
@@ -58,8 +58,24 @@ fetch-smollm2: setup
 demo: seed
 	$(BIN)/python -m engine.demo.run --seed-dir $(SEED)
 
+# Two tiers. `make test` (<= 10 min on 2 cores with the seed cached): unit tests, component tests
+# on fakes, kernels, and a few end-to-end runs. `make test-slow`: the long end-to-end runs
+# (kill -9 resume, the sweep killed and resumed, engines per node, layouts under torchrun, the
+# vLLM judge server, the real model). CI runs both (.ci/run). `make coverage`: `make test`'s line
+# coverage of engine/ and kernels/ with subprocesses, into .cache/coverage.
 test: seed fetch-smollm2
+	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q -m "not slow" --durations=20 $(PYTEST_ARGS)
+
+test-slow: seed fetch-smollm2
+	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q -m slow --durations=20 $(PYTEST_ARGS)
+
+test-all: seed fetch-smollm2
 	SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q --durations=30 $(PYTEST_ARGS)
+
+coverage: seed fetch-smollm2
+	rm -rf .cache/coverage && mkdir -p .cache/coverage
+	COVERAGE_FILE=$(CURDIR)/.cache/coverage/.coverage SEMIONLINE_SEED_DIR=$(SEED) $(BIN)/python -m pytest -q \
+	  -m "not slow" --cov --cov-report=term --cov-report=json:.cache/coverage/coverage.json $(PYTEST_ARGS)
 
 # The paper's comparison at CPU scale (configs/paper_cpu.yaml): builds its seed model and reward
 # model when missing, resumable; the report is runs/paper_cpu/report.md.

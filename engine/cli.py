@@ -2,6 +2,7 @@
 
     semionline seed --out .cache/seed
     semionline rm-train --out .cache/rm                 # the chat task's reward model (CPU demo)
+                                                        # both: --device auto|cpu|cuda, as learner.device
     semionline train --config configs/demo/grpo.yaml steps=3 sync_every=2 --run-dir runs/x
     semionline train --resume runs/x                    # from its newest checkpoint (checkpoint.every=K)
     torchrun --nproc-per-node 4 -m engine.cli train --config … learner.tp=2 learner.pp=2
@@ -42,14 +43,30 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FetchError, DeviceError, FileNotFoundError)
 
 
+def _demo_device(args):
+    """`--device` (auto | cpu | cuda) of `seed` / `rm-train` -> torch.device, by the resolver of
+    `learner.device` (auto: CUDA when available); `cuda` without CUDA is a DeviceError here,
+    before anything is built or trained."""
+    from engine.parallel.device import local_rank, resolve_device
+
+    return resolve_device(args.device, local_rank(), key="--device")
+
+
 def cmd_seed(args) -> None:
+    device = _demo_device(args)
+    import torch
+
     from engine.demo.seed import build_seed
 
     kwargs = {"seed": args.seed}
     for key in ("steps", "mix_steps", "chat_fraction"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    report = build_seed(args.out, **kwargs)
+    if device.type == "cpu":  # the recipe as it always ran (the cached seed is bit-identical)
+        report = build_seed(args.out, **kwargs)
+    else:  # the recipe allocates with torch's default device; its bf16 autocast is CPU-only
+        with torch.device(device):
+            report = build_seed(args.out, **kwargs, precision="fp32")
     print(json.dumps(report.__dict__ if hasattr(report, "__dict__") else report, indent=2, default=str))
 
 
@@ -58,11 +75,13 @@ def _default_run_dir(cfg) -> str:
 
 
 def cmd_rm_train(args) -> None:
+    device = _demo_device(args)
     from dataclasses import asdict
 
     from engine.demo.rm_train import train_reward_model
 
-    print(json.dumps(asdict(train_reward_model(args.out, steps=args.steps, seed=args.seed)), indent=2))
+    report = train_reward_model(args.out, steps=args.steps, seed=args.seed, device=device)
+    print(json.dumps(asdict(report), indent=2))
 
 
 def cmd_train(args) -> None:
@@ -147,6 +166,11 @@ BENCHES = {"kernels": "kernels", "learner": "learner", "e2e": "e2e", "math-rewar
            "peer": "peer", "gpu": "gpu_check"}
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda, as learner.device (auto: CUDA when available; cpu: the CPU recipe)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="semionline", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -158,12 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-fraction", type=float, default=None,
                    help="fraction of warm-up examples that are chat notes (default 0; the multi-task seed: 0.25)")
     p.add_argument("--seed", type=int, default=0)
+    _add_device_arg(p)
     p.set_defaults(fn=cmd_seed)
 
     p = sub.add_parser("rm-train", help="train the CPU demo's reward model (chat task, Bradley-Terry)")
     p.add_argument("--out", required=True, help="directory to (re)create, in Hugging Face format")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    _add_device_arg(p)
     p.set_defaults(fn=cmd_rm_train)
 
     p = sub.add_parser("train", help="DPO or GRPO at any sync interval s")

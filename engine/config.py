@@ -129,6 +129,11 @@ class SamplerConfig(_Section):
     # resident: the engine keeps its memory (fraction) and can generate while the learner trains;
     # time_sliced: it sleeps while the learner trains (GPU only: vLLM sleep mode; not with overlap)
     placement: Literal["resident", "time_sliced"] = "resident"
+    # Disaggregated placement: CUDA device indices (this node's numbering, as the learner's
+    # cuda:LOCAL_RANK) that the engine runs on alone, one per sampler.tp worker; weights go over NCCL
+    # through vLLM's weight-transfer API (engine/sampler/nccl_transfer.py; GPU only, never run on a
+    # GPU yet). None: colocated. Raise gpu_memory_utilization: the GPUs are the engine's own.
+    gpus: list[int] | None = None
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: the learner's dtype
     # Stop the run when the sampler's log-probs differ from the learner's by more than this on
     # average. None: 1e-3 when sampler and learner are fp32, 1e-1 when either is bf16 (measured
@@ -153,6 +158,28 @@ class SamplerConfig(_Section):
     def _check_transport(self) -> SamplerConfig:
         if self.transport == "cuda_ipc" and not self.separate_process:
             raise ValueError("sampler.transport=cuda_ipc needs sampler.separate_process=true")
+        return self
+
+    @model_validator(mode="after")
+    def _check_gpus(self) -> SamplerConfig:
+        """What `gpus` needs that a config alone shows; the learner's device (CUDA, not among these
+        GPUs) is checked when the mesh's device is resolved (engine/parallel/device.py)."""
+        g = self.gpus
+        if g is None:
+            return self
+        where = f"sampler.gpus={g}"
+        if not g or any(i < 0 for i in g) or len(set(g)) != len(g):
+            raise ValueError(f"{where}: expected distinct CUDA device indices >= 0 (or null: colocated)")
+        if len(g) != self.tp:
+            raise ValueError(f"{where}: one GPU per sampler worker, so {len(g)} GPU(s) need sampler.tp={len(g)} "
+                             f"(sampler.tp={self.tp})")
+        if self.transport == "cuda_ipc":
+            raise ValueError(f"{where} (disaggregated, NCCL) cannot use sampler.transport=cuda_ipc, which shares "
+                             "the learner's GPU with a colocated engine; leave transport=auto")
+        if self.placement == "time_sliced":
+            raise ValueError(f"{where}: the engine has its own GPUs and never sleeps; use sampler.placement=resident")
+        if not self.separate_process:
+            raise ValueError(f"{where} needs sampler.separate_process=true (the engine runs in its own processes)")
         return self
 
 

@@ -14,15 +14,19 @@ import os
 import torch
 
 from engine.config import RunConfig
-from engine.parallel.device import local_rank, resolve_device
+from engine.parallel.device import check_sampler_gpus, local_rank, local_world_size, resolve_device
 from engine.parallel.mesh import Mesh
 
 
 def init_mesh(cfg: RunConfig) -> Mesh:
-    """This process's mesh on its device; `learner.device=cuda` without CUDA fails here, before
-    anything loads (DeviceError, naming the key)."""
-    return Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp,
-                     device=resolve_device(cfg.learner.device, local_rank()))
+    """This process's mesh on its device; `learner.device=cuda` without CUDA, or `sampler.gpus`
+    without a CUDA learner or on the learner's GPUs, fails here, before anything loads
+    (DeviceError, naming the key)."""
+    device = resolve_device(cfg.learner.device, local_rank())
+    cuda = device.type == "cuda"
+    check_sampler_gpus(cfg.sampler.gpus, device, learner_gpus=range(local_world_size()) if cuda else (),
+                       device_count=torch.cuda.device_count() if cuda else None)
+    return Mesh.init(tp_size=cfg.learner.tp, pp_size=cfg.learner.pp, device=device)
 
 
 def setup_process(cfg: RunConfig, mesh: Mesh) -> None:

@@ -6,6 +6,10 @@ plus a tokenizer with a chat template. `engine/rewards/reward_model.py` loads it
     semionline rm-train --out .cache/rm                # ~1 minute on 2 CPU cores
     python -m engine.demo.rm_train --out .cache/rm --steps 300
 
+`device`: where it trains, already resolved (the CLI's `--device auto|cpu|cuda` goes through
+`engine.parallel.device.resolve_device`, as `learner.device` does); the default, cpu, is the
+recipe as it always ran.
+
 Pairs: two notes sampled for one prompt, ranked by the task's hidden quality rule (ties skipped).
 A quarter of the notes are corrupted first (a part cut, characters swapped, the text truncated)
 and rank lowest, so the model learns to score text outside the task's forms low. Otherwise a
@@ -103,11 +107,12 @@ def _scores(model, tok, prompts: Sequence[str], responses: Sequence[str]) -> tor
     for i, e in enumerate(enc):
         ids[i, : len(e)] = torch.tensor(e)
         mask[i, : len(e)] = 1
-    return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, 0]
 
 
 def train_reward_model(out_dir: str | Path, *, steps: int = 300, pairs_per_step: int = 32, lr: float = 1e-3,
-                       seed: int = 0, n_heldout_pairs: int = 400, progress: bool = True) -> RMReport:
+                       seed: int = 0, n_heldout_pairs: int = 400, progress: bool = True,
+                       device: torch.device | str = "cpu") -> RMReport:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
@@ -119,7 +124,7 @@ def train_reward_model(out_dir: str | Path, *, steps: int = 300, pairs_per_step:
         tok_cfg["chat_template"] = CHAT_TEMPLATE
         cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
         tok = load_tokenizer(tmp)
-        model = LlamaForSequenceClassification(rm_config())
+        model = LlamaForSequenceClassification(rm_config()).to(device)  # initialised on CPU, then moved
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         train_rows = chat_prompts(steps * pairs_per_step, split="sft", seed=seed)
         losses: list[float] = []

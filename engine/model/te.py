@@ -2,6 +2,9 @@
 CUDA modules, for `learner.te: on` (or `auto` on CUDA with transformer_engine importable).
 
     attn.qkv     te.LayerNormLinear  RMSNorm (input_layernorm) fused into the column-parallel QKV
+    attn.q_norm  te.RMSNorm          Qwen3 only: per-head RMSNorm of q and k over head_dim, before
+    attn.k_norm                      RoPE (TE 2.x MultiheadAttention's qk_norm_type="RMSNorm",
+                                     qk_norm_before_rope=True; its modules are named q_norm / k_norm too)
     attn.core    te.DotProductAttention  causal, GQA, fused (cuDNN / flash) kernels in bf16
     attn.out     te.Linear           row-parallel, output all-reduced over the TP group
     mlp.gate_up  te.LayerNormLinear  RMSNorm (post_attention_layernorm) fused into gate|up
@@ -12,7 +15,11 @@ CUDA modules, for `learner.te: on` (or `auto` on CUDA with transformer_engine im
 weight sync and checkpoints work as they are). The fused norm's weight lives in TE's
 ``layer_norm_weight`` and is registered a second time, first, as ``attn_norm.weight`` /
 ``mlp_norm.weight``, so `named_parameters()` (which yields a shared parameter once, under its first
-name) shows the spec's name. RoPE is the model's own (HF layout, `llama.apply_rope`), applied
+name) shows the spec's name. Qwen3's q/k norm weights are ``attn.q_norm.weight`` /
+``attn.k_norm.weight`` on both paths, (head_dim,) and replicated over TP, so HF's
+``self_attn.{q,k}_norm.weight`` load and export through the same spec rows; each TP rank norms only
+its heads, so a hook sums their gradients over the TP group (as `llama.RMSNorm`'s `copy_to_tp`).
+RoPE is the model's own (HF layout, `llama.apply_rope`), applied
 between the QKV projection and TE's attention. Only on CUDA: TE allocates and computes on GPU.
 The CPU path keeps the megatron-core layers of `llama.py`.
 
@@ -27,6 +34,7 @@ GPU parity test (`tests/gpu/test_te_parity.py`) uses it so both paths score the 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Literal
 
@@ -37,6 +45,7 @@ from torch import nn
 from engine.model.config import ModelConfig
 from engine.model.llama import CausalLM, DecoderLayer, StageChunk, apply_rope
 from engine.parallel.mesh import Mesh
+from kernels.tp import reduce_from_tp
 
 TERequest = Literal["auto", "on", "off"]
 
@@ -74,9 +83,28 @@ def te_layer_class(use_te: bool) -> type[nn.Module]:
 
 
 def _te():
-    import transformer_engine.pytorch as te
-
+    try:
+        import transformer_engine.pytorch as te
+    except (ImportError, OSError, RuntimeError) as e:
+        raise ImportError(f"the TE decoder layers need transformer_engine.pytorch (make setup-gpu builds it): {e}; "
+                          "learner.te=auto or off keeps the megatron-core layers") from e
     return te
+
+
+def _require_cuda(mesh: Mesh) -> None:
+    if mesh.device.type != "cuda":
+        raise ValueError(f"TEDecoderLayer needs the learner on CUDA (mesh device {mesh.device}); learner.te=off on CPU")
+
+
+def _head_norm(te, cfg: ModelConfig, mesh: Mesh, mp) -> nn.Module:
+    """One of Qwen3's per-head q/k RMSNorms, built as TE 2.x's MultiheadAttention builds its
+    q_norm / k_norm for qk_norm_type="RMSNorm" (normalized_shape=head_dim, weight (head_dim,)).
+    TE leaves the replicated weight's TP gradient to the framework: a hook sums it over TP."""
+    norm = te.RMSNorm(normalized_shape=cfg.head_dim, eps=cfg.rms_norm_eps, device=mesh.device,
+                      params_dtype=mp.params_dtype)
+    if mesh.tp_size > 1:
+        norm.weight.register_hook(functools.partial(reduce_from_tp, group=mesh.tp_group))
+    return norm
 
 
 class _FusedNormWeight(nn.Module):
@@ -106,15 +134,20 @@ class TEAttention(nn.Module):
             cfg.num_attention_heads, cfg.head_dim, num_gqa_groups=cfg.num_key_value_heads, attention_dropout=0.0,
             qkv_format="bshd", attn_mask_type="causal", tp_size=mesh.tp_size, tp_group=mesh.tp_group)
         self.out = te.Linear(q_size, cfg.hidden_size, bias=False, parallel_mode="row", **_linear_args(mesh, mp))
+        self.q_norm = self.k_norm = None  # registered after `out`, in `llama.Attention`'s parameter order
+        if cfg.qk_norm:  # Qwen3: per-head RMSNorm of q and k, before RoPE
+            self.q_norm, self.k_norm = _head_norm(te, cfg, mesh, mp), _head_norm(te, cfg, mesh, mp)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x (B, T, H) *before* the input norm (fused here) -> attention output (B, T, H)."""
         B, T, _ = x.shape
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q, k = q.view(B, T, self.heads, self.head_dim), k.view(B, T, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, D): broadcast over (B, T, heads, D)
-        q = apply_rope(q.view(B, T, self.heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, self.kv_heads, self.head_dim), cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.view(B, T, self.kv_heads, self.head_dim)
         y = self.core(q.contiguous(), k.contiguous(), v.contiguous())  # (B, T, heads * D)
         return self.out(y)
@@ -140,8 +173,7 @@ class TEDecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, mesh: Mesh, mp):
         super().__init__()
-        if mesh.device.type != "cuda":
-            raise ValueError(f"TEDecoderLayer needs the learner on CUDA (mesh device {mesh.device}); learner.te=off on CPU")
+        _require_cuda(mesh)
         attn, mlp = TEAttention(cfg, mesh, mp), TEMLP(cfg, mesh, mp)
         # Registration order is the naming order: the norm aliases come before the modules owning them.
         self.attn_norm = _FusedNormWeight(attn.qkv.layer_norm_weight)

@@ -16,6 +16,7 @@ Must not import the model, the learner or the sampler: entry points call it firs
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -77,3 +78,32 @@ def device_for_backend(backend: str, local_rank: int = 0) -> torch.device:
     """The device a mesh built with only a backend name (the pre-`learner.device` API) runs on:
     CUDA when the backend includes NCCL, else CPU."""
     return resolve_device("cuda", local_rank, key=f"backend={backend!r}") if "nccl" in backend else torch.device("cpu")
+
+
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE, 1 for a plain `python …`."""
+    raw = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise DeviceError(f"LOCAL_WORLD_SIZE={raw!r} is not an integer (torchrun sets it per process)") from None
+
+
+def check_sampler_gpus(gpus: list[int] | None, device: torch.device, learner_gpus: Iterable[int],
+                       device_count: int | None = None, *, key: str = "sampler.gpus") -> None:
+    """A disaggregated sampler (`sampler.gpus`) needs a CUDA learner and GPUs of its own: none of
+    `learner_gpus` (the node's learner ranks compute on cuda:0..LOCAL_WORLD_SIZE-1), all below
+    `device_count` when known. A `DeviceError` naming `key`; nothing to check when `gpus` is None."""
+    if gpus is None:
+        return
+    if torch.device(device).type != "cuda":
+        raise DeviceError(
+            f"{key}={gpus} (a disaggregated sampler, weights over NCCL) needs the learner on CUDA, but "
+            f"learner.device resolved to {device}; set {key}=null (colocated) or run the learner on CUDA")
+    if device_count is not None and (bad := [g for g in gpus if g >= device_count]):
+        raise DeviceError(f"{key}={gpus}: GPU(s) {bad} do not exist, this node shows {device_count} CUDA device(s)")
+    learner = sorted(set(learner_gpus))
+    if shared := sorted(set(gpus) & set(learner)):
+        raise DeviceError(
+            f"{key}={gpus} overlaps the learner's GPUs {learner} (cuda:LOCAL_RANK of the {len(learner)} "
+            f"process(es) on this node) at {shared}; give the sampler other GPUs, or set {key}=null to colocate")

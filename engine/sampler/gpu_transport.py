@@ -14,9 +14,9 @@ to vLLM's in-place `reload_weights`. The buffer lives until the call returns, th
 bucket is packed: the learner holds one bucket plus one layer on its GPU during a push.
 Both processes must see the same physical device (colocated placement).
 
-Not done here: engines on other devices or nodes (NCCL broadcast through vLLM's native weight
-transfer API, `init_weight_transfer_engine` / `update_weights`, which vLLM 0.32 exposes on
-`AsyncLLM` only, not on the `LLM` class this sampler uses).
+Not done here: an engine on GPUs of its own (`sampler.gpus`): NCCL through vLLM's weight-transfer
+API (`init_weight_transfer_engine` / `update_weights`, which vLLM 0.32's `LLM` has from
+`RLOfflineMixin`), in `engine/sampler/nccl_transfer.py`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The sampler (`engine/sampler/vllm_engine.py`) owns one transport and calls `push
 every sync. A transport only moves tensors and hands them to vLLM's in-place reload
 (`Worker.reload_weights(weights_iterator=...)`); it never renames, reshards or casts — that is the
 job of `engine/sync/`. Every transport implements the same `WeightTransport` protocol; the GPU-only
-CUDA IPC one lives in `engine/sampler/gpu_transport.py` (NCCL broadcast is not written yet).
+ones live in `engine/sampler/gpu_transport.py` (CUDA IPC, colocated) and
+`engine/sampler/nccl_transfer.py` (NCCL through vLLM's weight-transfer API, `sampler.gpus`).
 
 Two CPU transports:
 

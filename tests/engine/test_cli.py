@@ -40,6 +40,7 @@ def test_score_tp1_equals_tp2(seed_model, tmp_path):
         assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in zip(a["token_logprobs"], b["token_logprobs"]))
 
 
+@pytest.mark.slow
 def test_generate_output_format(seed_model, tmp_path):
     data = _jsonl(tmp_path / "p.jsonl", [{"prompt": p["prompt"], "answer": "7"} for p in PAIRS[:2]])
     res = _cli("generate", "--model", seed_model, "--data", data, "--n", 3, "--max-tokens", 24, "--out", tmp_path / "g.jsonl")
@@ -99,6 +100,7 @@ def test_prompt_the_tokenizer_cannot_encode(seed_model, tmp_path):
     _fails_with(_cli("score", "--model", seed_model, "--data", data, "--out", tmp_path / "o.jsonl"), "ë")
 
 
+@pytest.mark.slow
 def test_eval_scored_task_against_a_baseline(seed_model, tmp_path):
     """`semionline eval --reward ...`: mean score and win rates against the baseline model's
     responses, as JSON and a markdown table. The scorer here is the chat task's hidden rule (a

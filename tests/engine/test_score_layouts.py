@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 PAIRS = [
     {
         "prompt": "Q: Ann has 3 apples. She buys 4 more. How many apples does Ann have?\nA:",
@@ -44,6 +46,7 @@ def _score(seed_model, data, out, *layout, nproc=0):
     return [json.loads(x) for x in out.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_score_tp2_pp2_equals_single_process(seed_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))

@@ -52,7 +52,6 @@ def test_semi_online_dpo(seed_model, tmp_path):
     assert steps[3]["parity/batch_tokens"] > 0 and "parity/batch_tokens" not in steps[2]  # step 2: stale batch
 
 
-@pytest.mark.slow
 def test_online_grpo(seed_model, tmp_path):
     steps, _ = _train(seed_model, tmp_path / "run", "objective=grpo", "sync_every=1")
     _check_common(steps, tmp_path / "run")

@@ -228,6 +228,7 @@ def _vllm_judge(url: str, **kw) -> Judge:
                              pointwise_template="Q: {prompt}\nA:{response}\nRating: ", **kw))
 
 
+@pytest.mark.slow
 def test_real_vllm_server_pointwise_and_death_mid_run(vllm_server):
     proc, url = vllm_server
     judge = _vllm_judge(url)
