@@ -163,7 +163,7 @@ def cmd_bench(args) -> int | None:
 
 # `semionline bench <what>` -> module under engine/bench/
 BENCHES = {"kernels": "kernels", "learner": "learner", "e2e": "e2e", "math-reward": "math_reward",
-           "peer": "peer", "gpu": "gpu_check"}
+           "peer": "peer", "gpu": "gpu_check", "suite": "suite"}
 
 
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -230,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM's INFO lines drown the progress bar
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        rc = args.fn(args)
     except _user_errors() as e:
         rank = os.environ.get("RANK", "0")
         if rank == "0":
             print(f"semionline {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc if type(rc) is int else 0  # a bench's exit status (gpu_check: 1 when a check failed)
 
 
 if __name__ == "__main__":

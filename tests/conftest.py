@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def seed_model() -> Path:
-    seed_dir = Path(os.environ.get("SEMIONLINE_SEED_DIR", REPO / ".cache" / "seed"))
+    seed_dir = Path(os.environ.get("SEMIONLINE_SEED_DIR", REPO / ".cache" / "seed")).resolve()  # tests may chdir
     if not (seed_dir / "seed_report.json").exists():
         from engine.demo.seed import build_seed
 

@@ -222,8 +222,10 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
 
-def run_sweep(sweep: Sweep) -> dict:
-    """Every run not yet done, in order; returns {"ran": n, "skipped": n, "seconds": s}."""
+def run_sweep(sweep: Sweep, *, make_sampler=None) -> dict:
+    """Every run not yet done, in order; returns {"ran": n, "skipped": n, "seconds": s}.
+    `make_sampler`: builds the one engine, called as `VLLMSampler.from_config` (its default; tests
+    hand in a fake)."""
     from engine.process import init_mesh, setup_process
     from engine.run import build_run
     from engine.sampler.vllm_engine import VLLMSampler
@@ -245,7 +247,8 @@ def run_sweep(sweep: Sweep) -> dict:
         raise ConfigError("semionline sweep runs in one process (each run is a single-process run); "
                           "launch it with python, not torchrun")
     first = todo[0][1]
-    sampler = VLLMSampler.from_config(first.sampler, model=str(sweep.seed_model), seed=0, dtype=first.sampler_dtype)
+    make_sampler = make_sampler or VLLMSampler.from_config
+    sampler = make_sampler(first.sampler, model=str(sweep.seed_model), seed=0, dtype=first.sampler_dtype)
     step0_cache: dict = {}
     try:
         for k, (spec, cfg) in enumerate(todo):

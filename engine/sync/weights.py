@@ -233,7 +233,10 @@ class WeightSync:
         self.version = version
         if version == step:
             self.push(remember=self.remember)
-            gap = self.probe_gap(step)  # the same probe the interrupted run made after this sync
+            worst = self._gap_max  # parity_check=batch made no probe here: keep its max out of the metrics
+            gap = self.probe_gap(step)  # the check the interrupted run made after this sync
+            if self.cfg.sampler.parity_check == "batch":
+                self._gap_max = worst
             if self.mesh.rank == 0:
                 print(f"resumed at step {step}: sampler/learner log-prob gap {gap:.1e}", flush=True)
         elif version == 0:  # the seed's weights: the sampler starts with them

@@ -41,7 +41,6 @@ def _check_common(steps, run_dir):
     assert model(torch.tensor([[1, 40, 41]])).logits.isfinite().all()
 
 
-@pytest.mark.slow
 def test_semi_online_dpo(seed_model, tmp_path):
     steps, _ = _train(seed_model, tmp_path / "run", "objective=dpo", "sync_every=2")
     _check_common(steps, tmp_path / "run")

@@ -122,7 +122,9 @@ def test_engine_processes_wait_quietly(sampler):
         quiet = idle_cpu_after_request()
     spinning = idle_cpu_after_request()
     assert quiet < 0.25
-    assert spinning > 0.5  # vLLM's own wait: ~1 CPU-second
+    # vLLM's own wait: ~1 CPU-second on an idle machine; 0.31 measured while a seed build shared
+    # the 2 cores (the spinning processes get less CPU then), so the bar is relative to the quiet one
+    assert spinning > max(0.25, 3 * quiet), (quiet, spinning)
 
 
 def test_generate_returns_n_samples_with_logprobs_and_text(sampler, tokenizer):
