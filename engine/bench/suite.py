@@ -42,8 +42,9 @@ def parse_pytest_log(text: str) -> dict:
     return {**summary, "slowest": slowest}
 
 
-def coverage_totals(data: dict) -> dict:
-    """Totals and per-top-level-package figures of a `coverage json` report."""
+def coverage_totals(data: dict, exclude: tuple[str, ...] = ()) -> dict:
+    """Totals and per-top-level-package figures of a `coverage json` report; with `exclude`, also
+    the totals without those packages (keys as in `by_package`, e.g. "engine/bench")."""
     per: dict[str, list[int]] = {}
     for path, info in data["files"].items():
         parts = Path(path).parts
@@ -52,8 +53,14 @@ def coverage_totals(data: dict) -> dict:
         row[0] += info["summary"]["covered_lines"]
         row[1] += info["summary"]["num_statements"]
     t = data["totals"]
-    return {"covered_lines": t["covered_lines"], "statements": t["num_statements"],
-            "percent": round(t["percent_covered"], 2),
+    out = {"covered_lines": t["covered_lines"], "statements": t["num_statements"],
+           "percent": round(t["percent_covered"], 2)}
+    if exclude:  # the same totals without these packages (a scope another report did not measure)
+        kept = [(c, n) for k, (c, n) in per.items() if k not in exclude]
+        c, n = sum(c for c, _ in kept), sum(n for _, n in kept)
+        out["without"] = {"packages": sorted(exclude), "covered_lines": c, "statements": n,
+                          "percent": round(100 * c / max(n, 1), 2)}
+    return {**out,
             "by_package": {k: {"covered": c, "statements": n, "percent": round(100 * c / max(n, 1), 1)}
                            for k, (c, n) in sorted(per.items())}}
 
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline-coverage", default=None, help="coverage json of the suite before the change")
     ap.add_argument("--baseline-label", default="before")
     ap.add_argument("--slowest", type=int, default=15, help="slowest tests kept per tier")
+    ap.add_argument("--exclude-package", action="append", default=[],
+                    help="also report coverage without this package (e.g. engine/bench; repeatable)")
     ap.add_argument("--measured", default=None, help="what the logs ran on (e.g. 'fresh clone of <commit>')")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -84,14 +93,18 @@ def main(argv: list[str] | None = None) -> dict:
         parsed["slowest"] = parsed["slowest"][: args.slowest]
         report["tiers"][tier] = parsed
     for tier, path in _named(args.coverage, "coverage").items():
-        report["coverage"][tier] = coverage_totals(json.loads(path.read_text()))
+        report["coverage"][tier] = coverage_totals(json.loads(path.read_text()), tuple(args.exclude_package))
     if args.baseline_coverage:
-        report["coverage"][args.baseline_label] = coverage_totals(json.loads(Path(args.baseline_coverage).read_text()))
+        baseline = json.loads(Path(args.baseline_coverage).read_text())
+        report["coverage"][args.baseline_label] = coverage_totals(baseline, tuple(args.exclude_package))
     atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     for tier, t in report["tiers"].items():
         print(f"{tier}: {t['seconds']:.0f} s ({t['seconds'] / 60:.1f} min), {t['counts']}")
     for tier, c in report["coverage"].items():
         print(f"coverage {tier}: {c['percent']:.1f}% ({c['covered_lines']}/{c['statements']})")
+        if "without" in c:
+            w = c["without"]
+            print(f"  without {', '.join(w['packages'])}: {w['percent']:.1f}% ({w['covered_lines']}/{w['statements']})")
     return report
 
 

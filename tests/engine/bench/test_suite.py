@@ -43,6 +43,9 @@ def test_coverage_totals_group_by_package():
     assert out["percent"] == round(100 * 13 / 17, 2)
     assert out["by_package"]["engine/sync"] == {"covered": 1, "statements": 4, "percent": 25.0}
     assert out["by_package"]["engine"]["statements"] == 10 and out["by_package"]["kernels"]["covered"] == 3
+    assert "without" not in out
+    scoped = coverage_totals(_cov({"engine/loop.py": (9, 10), "engine/sync/weights.py": (1, 4)}), ("engine/sync",))
+    assert scoped["without"] == {"packages": ["engine/sync"], "covered_lines": 9, "statements": 10, "percent": 90.0}
 
 
 def test_main_writes_a_stamped_report(tmp_path):
