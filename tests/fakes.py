@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -114,3 +116,49 @@ class FakeLearner:
 
     def save(self, out_dir: str) -> None:
         self.saved.append(out_dir)
+
+
+# One process, no group: what the components need of a Mesh.
+MESH = SimpleNamespace(rank=0, world_size=1, dp_rank=0, device=torch.device("cpu"), layout="tp1-pp1-dp1",
+                       barrier=lambda: None)
+
+
+def tokenizer_in(d: Path):
+    """The engine's own character tokenizer, saved to `d` and loaded back."""
+    from engine.data.tokenizer import load_tokenizer, save_tokenizer
+
+    save_tokenizer(d)
+    return load_tokenizer(d)
+
+
+def digits_rows() -> list[dict]:
+    """12 prompt rows "Q: k+0?" with answer k % 10."""
+    return [{"prompt": f"Q: {k}+0?\nA:", "answer": str(k % 10)} for k in range(12)]
+
+
+def digits_data(d: Path) -> Path:
+    """train.jsonl (`digits_rows`) and eval.jsonl (their first 4) in `d`."""
+    from engine.data.prompts import write_jsonl
+
+    rows = digits_rows()
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "eval.jsonl", rows[:4])
+    return d
+
+
+def digits_config(data: Path, **over):
+    """A 4-step GRPO run on `digits_data` with `digit_reward`; `over`: dotted keys ("eval.every")."""
+    from engine.config import RunConfig
+
+    tree = {"steps": 4, "objective": "grpo", "sync_every": 1, "model": "unused",
+            "rollout": {"prompts_per_step": 3, "samples_per_prompt": 4, "max_tokens": 8},
+            "eval": {"every": 0, "max_prompts": 4, "max_tokens": 8},
+            "tasks": {"digits": {"data": str(data / "train.jsonl"), "eval_data": str(data / "eval.jsonl"),
+                                 "reward": "fakes:digit_reward"}}}
+    for key, value in over.items():
+        node = tree
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return RunConfig.model_validate(tree)

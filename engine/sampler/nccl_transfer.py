@@ -39,14 +39,14 @@ A failed push leaves the transfer group unusable (a worker may wait in NCCL): th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.config import SamplerConfig
-from engine.sampler.transport import PushStats
+from engine.sampler.transport import PushStats, checked_tensors
 from engine.sync.buckets import BucketStats, layer_buckets
 
 if TYPE_CHECKING:
@@ -108,20 +108,6 @@ def bucket_update_info(bucket: list[tuple[str, torch.Tensor]]) -> dict[str, list
             "shapes": [list(t.shape) for _, t in bucket]}
 
 
-def _on_device(named_tensors: Iterable[tuple[str, torch.Tensor]],
-               device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, contiguous tensor on `device`), refusing duplicate names and non-tensors (NCCL sends
-    numel elements from data_ptr(), so a strided view must be made contiguous first)."""
-    seen: set[str] = set()
-    for name, tensor in named_tensors:
-        if name in seen:
-            raise ValueError(f"push_weights: tensor name {name!r} given twice")
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"push_weights: {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
-        seen.add(name)
-        yield name, tensor.detach().to(device).contiguous()
-
-
 class NcclWeightTransport:
     """Learner-side half: rank 0 of the NCCL group with the engine's workers (driver only)."""
 
@@ -158,7 +144,7 @@ class NcclWeightTransport:
         start = time.perf_counter()
         stats = BucketStats()
         self._llm.start_weight_update()
-        for bucket in layer_buckets(_on_device(named_tensors, self.device), self.bucket_bytes, stats):
+        for bucket in layer_buckets(checked_tensors(named_tensors, self.device), self.bucket_bytes, stats):
             self._send(bucket)
         self._llm.finish_weight_update()
         return PushStats(time.perf_counter() - start, stats.bytes, stats.tensors, stats.buckets, stats.peak_bytes)

@@ -90,8 +90,10 @@ class WorkerWeightReloadExtension:
         return len(names)
 
 
-def _checked(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, detached CPU contiguous tensor), refusing duplicate names."""
+def checked_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]],
+                    device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, detached contiguous tensor on `device`), refusing duplicate names and
+    non-tensors (every transport sends numel elements from a contiguous buffer)."""
     seen: set[str] = set()
     for name, tensor in named_tensors:
         if name in seen:
@@ -99,7 +101,7 @@ def _checked(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tupl
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"push_weights: {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
         seen.add(name)
-        yield name, tensor.detach().to("cpu").contiguous()
+        yield name, tensor.detach().to(device).contiguous()
 
 
 class InProcessTransport:
@@ -114,7 +116,7 @@ class InProcessTransport:
         counts = {"bytes": 0, "tensors": 0, "peak": 0}
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in _checked(named_tensors):
+            for name, tensor in checked_tensors(named_tensors):
                 n = tensor.numel() * tensor.element_size()
                 counts["bytes"] += n
                 counts["tensors"] += 1
@@ -149,7 +151,7 @@ class SharedMemoryFileTransport:
 
         start = time.perf_counter()
         stats = BucketStats()
-        for bucket in layer_buckets(_checked(named_tensors), self.bucket_bytes, stats):
+        for bucket in layer_buckets(checked_tensors(named_tensors), self.bucket_bytes, stats):
             self._send(bucket)
         return PushStats(time.perf_counter() - start, stats.bytes, stats.tensors, stats.buckets, stats.peak_bytes)
 

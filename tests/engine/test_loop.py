@@ -4,15 +4,11 @@ end-to-end runs check about the schedule (which weights make each batch, when th
 receives new ones, what evals see) is checked here in milliseconds."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
-import torch
-from fakes import FakeLearner, FakeSampler
+from fakes import MESH, FakeLearner, FakeSampler, digits_config, digits_data, tokenizer_in
 
-from engine.config import RunConfig
 from engine.data.prompts import write_jsonl
-from engine.data.tokenizer import load_tokenizer, save_tokenizer
 from engine.evaluator import Evaluator
 from engine.loop import RunLoop
 from engine.metrics import MetricsLogger, read_metrics
@@ -21,38 +17,18 @@ from engine.rollout.log import RolloutLog
 from engine.rollout.source import RolloutSource
 from engine.sync.weights import LogprobGapError, WeightSync
 
-MESH = SimpleNamespace(rank=0, world_size=1, dp_rank=0, device=torch.device("cpu"), layout="tp1 pp1 dp1")
-
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    save_tokenizer(d)
-    return load_tokenizer(d)
+    return tokenizer_in(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    rows = [{"prompt": f"Q: {k}+0?\nA:", "answer": str(k % 10)} for k in range(12)]
-    write_jsonl(d / "train.jsonl", rows)
-    write_jsonl(d / "eval.jsonl", rows[:4])
-    return d
+    return digits_data(tmp_path_factory.mktemp("data"))
 
 
-def _cfg(data, **over) -> RunConfig:
-    tree = {"steps": 4, "objective": "grpo", "sync_every": 1, "model": "unused",
-            "rollout": {"prompts_per_step": 3, "samples_per_prompt": 4, "max_tokens": 8},
-            "eval": {"every": 0, "max_prompts": 4, "max_tokens": 8},
-            "tasks": {"digits": {"data": str(data / "train.jsonl"), "eval_data": str(data / "eval.jsonl"),
-                                 "reward": "fakes:digit_reward"}}}
-    for key, value in over.items():
-        node = tree
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return RunConfig.model_validate(tree)
+_cfg = digits_config
 
 
 def _loop(cfg, tokenizer, tmp_path, sampler=None):
