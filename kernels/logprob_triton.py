@@ -30,9 +30,10 @@ from kernels.paths import triton_interpret
 from kernels.tp import tp_size_rank
 
 # (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages) for 16-bit and fp32 inputs (fp32 tiles are
-# twice the shared memory). The interpreter's blocks are tiny so that tests at N, V, H of a few
+# twice the shared memory; the 16-bit tile is the best of a sweep on an H200, engine/bench/logprob_tune.py).
+# The interpreter's blocks are tiny so that tests at N, V, H of a few
 # dozen still cross block edges; tl.dot needs 16 at least.
-GPU_BLOCKS_16 = (128, 128, 64, 8, 3)
+GPU_BLOCKS_16 = (128, 256, 64, 8, 3)
 GPU_BLOCKS_32 = (64, 64, 32, 4, 2)
 INTERPRET_BLOCKS = (16, 32, 16, 1, 1)
 # Backward working set: the fp32 grad_x accumulator and the G block each take about

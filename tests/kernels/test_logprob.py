@@ -22,7 +22,17 @@ SHAPES = [(1, 24, 130), (5, 16, 50), (33, 40, 200)]
 # bf16: against the fp32 reference on the same bf16-valued inputs, which the bf16 reference must
 # meet as well (seen: lp 1e-3, grads 5e-3 for the reference; grads 7.5e-3 for Triton, which
 # rounds G = dloss/dlogits to bf16 before its two matmuls as the reference's autograd does).
-TOL = {torch.float32: dict(lp=2e-6, grad=2e-6), torch.bfloat16: dict(lp=4e-3, grad=1.5e-2)}
+# The entropy (a detached metric) has its own limits, from the H200 run at (1000, 520, 5003): the
+# torch path's chunk merges (157 chunks of 32) give 5.7e-6 in fp32; in bf16 the bf16 reference
+# itself is 8.5e-3 off the fp32 one (each logit is rounded to bf16 before the softmax).
+TOL = {
+    torch.float32: dict(lp=2e-6, grad=2e-6, entropy=8e-6),
+    torch.bfloat16: dict(lp=4e-3, grad=1.5e-2, entropy=1e-2),
+}
+
+
+def _tol(tol: dict, key: str) -> float:
+    return tol["grad"] if key.startswith("grad") else tol[key]
 
 
 def _assert_close(name, got, want, tol):
@@ -64,12 +74,12 @@ def _check(impl, shape, dtype, temperature=1.0, device="cpu"):
     got = _run(impl, hidden, weight, targets, upstream, dtype, temperature=temperature, **kw)
     tol = TOL[dtype]
     for key in want:
-        _assert_close(f"{impl} {key}", got[key], want[key], tol["grad" if key.startswith("grad") else "lp"])
+        _assert_close(f"{impl} {key}", got[key], want[key], _tol(tol, key))
     if dtype != torch.float32:  # the tolerance is one the bf16 reference itself meets
         ref16 = _run("reference", hidden, weight, targets, upstream, dtype, temperature=temperature)
         for key in want:
             _assert_close(
-                f"reference {key}", ref16[key], want[key], tol["grad" if key.startswith("grad") else "lp"]
+                f"reference {key}", ref16[key], want[key], _tol(tol, key)
             )
 
 
