@@ -99,7 +99,8 @@ class LearnerConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     te: Literal["auto", "on", "off"] = "auto"  # Transformer Engine layers: auto = on CUDA when installed
     micro_batch_size: int = Field(32, ge=1)  # sequences per forward/backward
-    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = all cores but one (CPU: the sampler's)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = the node's cores over its ranks, less
+    # one for the vLLM worker only when it generates beside the learner (overlap; engine/process.py)
 
     @field_validator("virtual_stages")
     @classmethod

@@ -28,12 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from engine.checkpoint import restore_run, save_run
 from engine.metrics import MetricsLogger, truncate_metrics
 from engine.overlap import RolloutPipeline
 from engine.parallel.objects import all_gather_objects, broadcast_object
+from engine.process import overlap_threads
 from engine.rollout.metrics import rollout_metrics
 from engine.rollout.preferences import cache_reference
 from engine.rollout.types import RolloutBatch
@@ -61,6 +63,8 @@ class RunLoop:
         self.accuracy: dict[int, float] = {}
         self.pipeline: RolloutPipeline | None = None
         self._clock0 = source.clock0
+        # CPU + overlap: (threads alone, threads beside generation), picked per training pass
+        self._threads = overlap_threads(cfg, mesh.rank) if mesh.device.type == "cpu" else None
 
     def run(self) -> RunSummary:
         t_start = time.perf_counter()
@@ -150,6 +154,8 @@ class RunLoop:
         return batch, times
 
     def train_step(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        if self._threads is not None:  # every core unless the producer generates meanwhile
+            torch.set_num_threads(self._threads[self.pipeline.generating()])
         with self.sync.training():
             metrics = self.learner.backward(batch)  # every batch is per task (engine/tasks.py)
             unseen = self.sync.check_batch(metrics, batch, step)  # raises before the update

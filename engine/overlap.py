@@ -49,6 +49,7 @@ class RolloutPipeline:
         self._stopping = False
         self._queue: queue.Queue[Produced | BaseException] = queue.Queue(maxsize=max_staleness + 1)
         self._thread: threading.Thread | None = None
+        self._next = first_step  # the step the producer makes next (its last + 1)
 
     # -- used by the main thread -------------------------------------------------------------
 
@@ -83,6 +84,17 @@ class RolloutPipeline:
             raise RuntimeError(f"rollout producer out of order: got step {item.batch.step}, expected {step}")
         return item, time.perf_counter() - t0
 
+    def generating(self) -> bool:
+        """Whether the producer is generating now or will start before the main thread's next
+        sync: a step is left, its version gate is open and the queue has room. Between syncs only
+        the producer changes this, so at the start of a training pass it says whether the pass
+        shares the cores with generation."""
+        if self._thread is None:  # read without the lock: the producer holds it while it generates
+            return False
+        step = self._next
+        return (step in self._steps and not self._stopping and self._queue.qsize() < self._queue.maxsize
+                and self._version >= step - 1 - self.max_staleness)
+
     def close(self) -> None:
         """Stop the producer (it finishes the batch in hand) and join it."""
         with self._cond:
@@ -109,6 +121,7 @@ class RolloutPipeline:
                         raise _Stop
                     produced = self._produce(step)
                 self._queue.put(produced)
+                self._next = step + 1
         except _Stop:
             return
         except BaseException as e:  # handed to the main thread, which raises it with context

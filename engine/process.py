@@ -3,8 +3,11 @@ component is built: the device and process groups (`init_mesh`: the one place `l
 becomes cuda:LOCAL_RANK + NCCL or CPU + gloo), torch's seed, deterministic algorithms, and the
 learner's thread count.
 
-Threads: on CPU the driver rank leaves one core to the vLLM worker (it pins itself to a core and
-busy-polls while it generates); `learner.threads` overrides.
+Threads (`learner_threads`): on CPU each rank takes its node's cores split over the node's ranks.
+Only when the sampler generates while the learner trains (`overlap`) does the sampler's rank
+leave one core to the vLLM worker (it pins itself to a core); on the synchronous path the worker
+waits quietly while the learner trains, so the learner takes every core. `learner.threads`
+overrides.
 """
 
 from __future__ import annotations
@@ -34,5 +37,26 @@ def setup_process(cfg: RunConfig, mesh: Mesh) -> None:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     if mesh.device.type == "cpu":
-        per_rank = max(1, (os.cpu_count() or 2) // mesh.world_size - (1 if mesh.rank == 0 else 0))
-        torch.set_num_threads(cfg.learner.threads or per_rank)
+        torch.set_num_threads(learner_threads(cfg, mesh.rank))
+
+
+def learner_threads(cfg: RunConfig, rank: int, cores: int | None = None, *, beside: bool | None = None) -> int:
+    """Torch intra-op threads of a CPU rank (see the module docstring); `cores`: this process's
+    usable cores (its CPU affinity) unless given; `beside`: whether the engine generates while
+    this rank trains (default: it may, under overlap, on a rank that drives an engine)."""
+    if cfg.learner.threads:
+        return cfg.learner.threads
+    cores = cores or len(os.sched_getaffinity(0))
+    if beside is None:
+        beside = overlap_threads(cfg, rank) is not None
+    return max(1, cores // local_world_size() - (1 if beside else 0))
+
+
+def overlap_threads(cfg: RunConfig, rank: int, cores: int | None = None) -> tuple[int, int] | None:
+    """(threads when nothing generates beside the training pass, threads when the producer does),
+    for a CPU rank that drives an engine under overlap with `learner.threads: 0`; else None (the
+    count set at start-up stands). The loop picks one per training pass (`RolloutPipeline.generating`)."""
+    drives_engine = rank == 0 or (cfg.sampler.engines == "per_node" and local_rank() == 0)
+    if cfg.learner.threads or not (cfg.overlap and not cfg.offline and drives_engine):
+        return None
+    return learner_threads(cfg, rank, cores, beside=False), learner_threads(cfg, rank, cores, beside=True)

@@ -58,6 +58,13 @@ def dp_share(items: Sequence, mesh: Mesh) -> Sequence:
     return items[start : start + base + (1 if mesh.dp_rank < extra else 0)]
 
 
+def by_length(items: Sequence, sequences: Callable[[Sequence], list[Rollout]]) -> list:
+    """`items` in order of their longest sequence (stable), so that each micro-batch pads to about
+    its own sequences' length rather than the step's longest. A step's loss and metrics are sums
+    over items, so the order changes only the order of summation."""
+    return sorted(items, key=lambda it: max(len(r.prompt_ids) + len(r.response_ids) for r in sequences([it])))
+
+
 def reduce_sums(sums: dict[str, float], mesh: Mesh) -> dict[str, float]:
     """Metric sums accumulated by the last stage of each DP replica -> their total, on every rank
     (sum over PP, where other stages hold zeros, then over DP). fp64, so the DP split does not
@@ -202,8 +209,8 @@ def objective_pass(
     """Forward + backward of one objective over a step's `items` (the same list on every rank);
     gradients accumulate in the policy's `.grad`, no optimizer step. Collective over the mesh.
 
-    This DP rank takes its share (`dp_share`), cut into micro-batches of `items_per_micro` items
-    packed as `sequences(chunk)`. Before training it runs the side forwards the objective needs:
+    This DP rank takes its share (`dp_share`), sorts it by length (`by_length`) and cuts it into
+    micro-batches of `items_per_micro` items packed as `sequences(chunk)`. Before training it runs the side forwards the objective needs:
     the reference's log-probs unless `reference` is None (`MicroBatch.ref_logprobs` is then None:
     e.g. GRPO with `kl_coef: 0` never runs the reference), and with `with_old_logprobs` the
     policy's own pre-update log-probs. `loss` runs on the last stage per micro-batch and adds its
@@ -215,7 +222,7 @@ def objective_pass(
                               sums={"loss": 0.0})
     """
     mesh = policy.mesh
-    parts = [list(c) for c in chunks(list(dp_share(items, mesh)), items_per_micro)]
+    parts = [list(c) for c in chunks(by_length(dp_share(items, mesh), sequences), items_per_micro)]
     seqs = [sequences(part) for part in parts]
     batches = [pack([r.prompt_ids for r in s], [r.response_ids for r in s], device=mesh.device) for s in seqs]
     none: list[torch.Tensor | None] = [None] * len(batches)

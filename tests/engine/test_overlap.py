@@ -76,3 +76,62 @@ def test_time_sliced_placement_excludes_overlap():
     assert load_config(overrides=["sampler.placement=time_sliced"]).sampler.placement == "time_sliced"
     with pytest.raises(ConfigError, match="needs sampler.placement=resident"):
         load_config(overrides=["overlap=true", "sampler.placement=time_sliced"])
+
+
+def _wait_until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def test_generating_says_whether_the_producer_works_beside_the_training_pass():
+    """s = 2, default staleness (1): the pass of step 1 shares the cores with the making of step 2;
+    the pass of step 2 does not (step 3 needs the weights of step 2); nor does a full queue or the
+    last step. Without overlap nothing generates beside training."""
+    release = {2: threading.Event(), 4: threading.Event()}
+
+    def produce(step: int) -> Produced:
+        if step in release:
+            release[step].wait(5)
+        return Produced(RolloutBatch(step=step, version=0, rollouts=[]), {})
+
+    sync_pipe = RolloutPipeline(produce, overlap=False, max_staleness=1, first_step=1, last_step=4, version=0)
+    assert not sync_pipe.generating()
+    pipe = RolloutPipeline(produce, overlap=True, max_staleness=1, first_step=1, last_step=4, version=0)
+    pipe.start()
+    try:
+        pipe.take(1)
+        assert pipe.generating()  # step 2 is being made (blocked inside produce)
+        release[2].set()
+        pipe.take(2)
+        _wait_until(lambda: pipe._next == 3)
+        assert not pipe.generating()  # step 3's gate waits for the sync after step 2
+        with pipe.sampler_lock():
+            pipe.publish_version(2)
+        pipe.take(3)
+        assert pipe.generating()  # step 4, blocked in produce
+        release[4].set()
+        pipe.take(4)
+        _wait_until(lambda: pipe._next == 5)
+        assert not pipe.generating()  # nothing left to make
+    finally:
+        for e in release.values():
+            e.set()
+        pipe.close()
+
+
+def test_generating_is_false_while_the_queue_is_full():
+    def produce(step: int) -> Produced:
+        return Produced(RolloutBatch(step=step, version=0, rollouts=[]), {})
+
+    pipe = RolloutPipeline(produce, overlap=True, max_staleness=1, first_step=1, last_step=9, version=5)
+    pipe.start()
+    try:
+        _wait_until(lambda: pipe._queue.full())
+        assert not pipe.generating()  # the producer waits for room: nothing runs beside training
+        pipe.take(1)
+        _wait_until(lambda: pipe._queue.full())
+        assert not pipe.generating()
+    finally:
+        pipe.close()

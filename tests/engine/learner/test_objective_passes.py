@@ -17,7 +17,14 @@ import pytest
 import torch
 
 from engine.learner.batch import pack, response_logprobs
-from engine.learner.passes import PipelinedModel, dpo_pass, grpo_pass, needs_reference, objective_pass
+from engine.learner.passes import (
+    PipelinedModel,
+    by_length,
+    dpo_pass,
+    grpo_pass,
+    needs_reference,
+    objective_pass,
+)
 from engine.model.config import ModelConfig
 from engine.model.llama import CausalLM
 from engine.rollout.types import Group, PreferencePair
@@ -129,3 +136,29 @@ def test_objective_pass_with_no_items_on_this_rank(mesh):
     sums = objective_pass(policy, None, [], sequences=list, items_per_micro=2,
                           loss=lambda *a: torch.zeros(()), sums={"loss": 0.0})
     assert sums == {"loss": 0.0, "gap": 0.0, "gap_tokens": 0.0}
+
+
+def test_micro_batches_are_cut_from_items_sorted_by_length(mesh, rollouts):
+    """`by_length` orders items by their longest sequence (stable), so each micro-batch pads to
+    about its own length; the pass packs its micro-batches in that order."""
+    rs = rollouts(12)
+    items = [(r, 0.5) for r in rs]
+    ordered = by_length(items, lambda part: [r for r, _ in part])
+    lengths = [len(r.prompt_ids) + len(r.response_ids) for r, _ in ordered]
+    assert lengths == sorted(lengths) and sorted(ordered, key=lambda it: rs.index(it[0])) == items
+    ties = [i for i in range(1, 12) if lengths[i] == lengths[i - 1]]
+    assert all(rs.index(ordered[i - 1][0]) < rs.index(ordered[i][0]) for i in ties)  # stable
+    pairs = [PreferencePair(rs[i], rs[i + 1]) for i in range(0, 12, 2)]
+    longest = [max(len(p.chosen.prompt_ids) + len(p.chosen.response_ids),
+                   len(p.rejected.prompt_ids) + len(p.rejected.response_ids))
+               for p in by_length(pairs, lambda part: [p.chosen for p in part] + [p.rejected for p in part])]
+    assert longest == sorted(longest)
+
+    widths = []
+    policy = _passes(mesh, 1)
+    objective_pass(policy, None, items, sequences=lambda part: [r for r, _ in part], items_per_micro=4,
+                   loss=lambda mb, lp, ent, sums: widths.append(mb.batch.input_ids.shape[1]) or lp.sum() * 0,
+                   sums={})  # fmt: skip
+    assert widths == [max(lengths[i : i + 4]) for i in range(0, 12, 4)]
+    unsorted = [max(len(r.prompt_ids) + len(r.response_ids) for r in rs[i : i + 4]) for i in range(0, 12, 4)]
+    assert sum(widths) < sum(unsorted)  # less padding than cutting in arrival order
