@@ -63,8 +63,11 @@ class RunLoop:
         self.accuracy: dict[int, float] = {}
         self.pipeline: RolloutPipeline | None = None
         self._clock0 = source.clock0
-        # CPU + overlap: (threads alone, threads beside generation), picked per training pass
+        # CPU + overlap: (threads alone, threads beside generation), picked before each training
+        # micro-batch: the producer may finish generating partway through a pass
         self._threads = overlap_threads(cfg, mesh.rank) if mesh.device.type == "cpu" else None
+        if self._threads is not None:
+            learner.on_micro_batch(self._pick_threads)
 
     def run(self) -> RunSummary:
         t_start = time.perf_counter()
@@ -154,8 +157,8 @@ class RunLoop:
         return batch, times
 
     def train_step(self, batch: RolloutBatch, step: int) -> dict[str, float]:
-        if self._threads is not None:  # every core unless the producer generates meanwhile
-            torch.set_num_threads(self._threads[self.pipeline.generating()])
+        if self._threads is not None:
+            self._pick_threads()
         with self.sync.training():
             metrics = self.learner.backward(batch)  # every batch is per task (engine/tasks.py)
             unseen = self.sync.check_batch(metrics, batch, step)  # raises before the update
@@ -163,6 +166,12 @@ class RunLoop:
         if unseen:  # sampled right after a sync, but no training pass saw it: the probe checks it
             self.sync.probe(step)
         return metrics
+
+    def _pick_threads(self) -> None:
+        """Every core to the learner unless the producer generates meanwhile (CPU + overlap)."""
+        want = self._threads[self.pipeline.generating()]
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
 
     def restore(self, ckpt_dir: Path) -> None:
         """Continue from checkpoint `ckpt_dir` (any layout); metrics the interrupted run logged after

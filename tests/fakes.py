@@ -93,6 +93,9 @@ class FakeLearner:
     def score(self, seqs, reference: bool = False):
         return [torch.full((len(r),), TOKEN_LOGPROB) for _, r in seqs]
 
+    def on_micro_batch(self, fn):
+        self.micro_batch_hook = fn
+
     def backward(self, batch, *, dpo=None, grpo=None):
         self.batches.append(batch)
         units = sum(len(p.pairs) + len(p.groups) for p in batch.parts) + len(batch.pairs) + len(batch.groups)
@@ -162,3 +165,22 @@ def digits_config(data: Path, **over):
             node = node.setdefault(part, {})
         node[leaf] = value
     return RunConfig.model_validate(tree)
+
+
+def fake_loop(cfg, tokenizer, run_dir: Path, mesh=MESH, step0_cache=None):
+    """A `RunLoop` with every real component between a FakeSampler and a FakeLearner."""
+    from engine.evaluator import Evaluator
+    from engine.loop import RunLoop
+    from engine.metrics import MetricsLogger
+    from engine.rollout.source import RolloutSource
+    from engine.sync.weights import WeightSync
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sampler = FakeSampler(tokenizer)
+    learner = FakeLearner()
+    source = RolloutSource(cfg, tokenizer, sampler, driver=True, stop_ids=[tokenizer.eos_token_id], clock0=0.0)
+    sync = WeightSync(cfg, learner, mesh, sampler=sampler, engine=sampler, probe_prompts=source.eval_ids,
+                      stop_ids=source.stop_ids)
+    evaluator = Evaluator(cfg, source, sync, mesh, step0_cache=step0_cache)
+    return RunLoop(cfg, run_dir, mesh, learner=learner, source=source, sync=sync, evaluator=evaluator,
+                   logger=MetricsLogger(run_dir, tensorboard=False), close_sampler=sampler.close)

@@ -16,8 +16,9 @@ One run measures, in order:
    2 x (matmul parameters of the layers) per token, causal attention 2 x L x d_q x T x (T + 1)
    per sequence, and the LM head on response tokens only (2 x H x V each); a step is the
    reference forward + the policy forward + its backward (2 x forward) = 4 forwards.
-   Models: `demo` (the CPU demo's shape: 4 layers, hidden 256, vocab 128, ~3M parameters) and
-   `50m` (12 layers, hidden 512, MLP 1536, vocab 8192: ~49M parameters). Random weights.
+   Models: `demo` (the CPU demo's shape: 4 layers, hidden 256, vocab 128, ~3M parameters),
+   `50m` (12 layers, hidden 512, MLP 1536, vocab 8192: ~49M parameters) and `smollm2`
+   (SmolLM2-135M's shape: 30 layers, hidden 576, MLP 1536, vocab 49152, tied). Random weights.
 3. The pipeline bubble at pp = 2 (a torchrun job of 2 ranks, 1 thread each): the learner's
    1F1B training pass over m micro-batches (both stages released by a barrier; the pass lasts
    until the slower stage is done). Each stage's busy time is its pass time minus the time it was
@@ -58,6 +59,17 @@ MODELS = {  # name -> ModelConfig fields
         num_attention_heads=8,
         num_key_value_heads=8,
         head_dim=64,
+    ),
+    "smollm2": dict(  # SmolLM2-135M-Instruct's shape (tied embeddings), random weights
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
     ),
     "bubble": dict(
         vocab_size=512,
@@ -290,7 +302,7 @@ def bubble(args, root: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="semionline bench learner", description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["throughput", "bubble"], default=None)
-    ap.add_argument("--models", default="demo,50m", help="comma-separated: demo, 50m")
+    ap.add_argument("--models", default="demo,50m", help="comma-separated: demo, 50m, smollm2 (SmolLM2-135M's shape)")
     ap.add_argument(
         "--threads",
         type=int,
@@ -313,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         bubble_worker(args)
         return 0
 
-    report: dict = {"threads": args.threads, "cpu_count": os.cpu_count()}
+    from engine.bench.stamp import machine_stamp
+
+    report: dict = {"command": " ".join(["semionline bench learner", *(argv if argv is not None else sys.argv[1:])]),
+                    "threads": args.threads, "cpu_count": os.cpu_count(), "machine": machine_stamp()}
     with tempfile.TemporaryDirectory(prefix="bench_learner_") as tmp:
         root = Path(tmp)
         if args.only in (None, "throughput"):

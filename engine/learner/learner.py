@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -108,6 +108,11 @@ class Learner:
         on every rank (collective over the mesh's TP and PP groups; each DP replica scores all)."""
         passes = self.reference_passes if reference else self.policy_passes
         return score_sequences(passes, seqs, self.cfg.micro_batch_size)
+
+    def on_micro_batch(self, fn: Callable[[], None] | None) -> None:
+        """Call `fn` between the training micro-batches of every pass (after each forward, before
+        its backward), on the main thread; None removes it."""
+        self.policy_passes.before_backward = fn
 
     # -- optimizer steps -------------------------------------------------------------------
 

@@ -92,6 +92,9 @@ class PipelinedModel:
     ):
         self.model, self.mesh, self.impl, self.autocast = model, model.mesh, impl, autocast
         self.pipe = Pipeline(model, pad_id=pad_id)
+        # called on the last stage after each training micro-batch's forward, before its loss and
+        # backward (the run loop re-picks the CPU thread count there: engine/loop.py)
+        self.before_backward: Callable[[], None] | None = None
 
     def _logprobs(self, hidden: torch.Tensor, batch: PackedBatch, with_entropy: bool):
         return response_logprobs_from_hidden(
@@ -154,6 +157,8 @@ class PipelinedModel:
         (this rank's share only: `engine.parallel.grads.sync_gradients` completes them)."""
 
         def loss_fn(hidden: torch.Tensor, i: int) -> torch.Tensor:
+            if self.before_backward is not None:
+                self.before_backward()
             logprobs, entropy = self._logprobs(hidden, batches[i], with_entropy=True)
             return micro_loss(i, logprobs, entropy)
 

@@ -13,15 +13,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
-from fakes import MESH, FakeLearner, FakeSampler, digits_config, digits_data, digits_rows, tokenizer_in
+from fakes import (
+    MESH,
+    FakeLearner,
+    FakeSampler,
+    digits_config,
+    digits_data,
+    digits_rows,
+    fake_loop,
+    tokenizer_in,
+)
 
 from engine.data.prompts import write_jsonl
 from engine.evaluator import Evaluator
-from engine.loop import RANK_TIMES, RunLoop
+from engine.loop import RANK_TIMES
 from engine.metrics import MetricsLogger, read_metrics, truncate_metrics
 from engine.overlap import Produced, RolloutPipeline
 from engine.rollout.offline import cached_pool, pool_key
-from engine.rollout.source import RolloutSource
 from engine.rollout.types import RolloutBatch
 from engine.sync.weights import WeightSync
 
@@ -41,16 +49,7 @@ def data(tmp_path_factory):
 _cfg = digits_config
 
 
-def _loop(cfg, tokenizer, run_dir, mesh=MESH, step0_cache=None):
-    run_dir.mkdir(parents=True, exist_ok=True)
-    sampler = FakeSampler(tokenizer)
-    learner = FakeLearner()
-    source = RolloutSource(cfg, tokenizer, sampler, driver=True, stop_ids=[tokenizer.eos_token_id], clock0=0.0)
-    sync = WeightSync(cfg, learner, mesh, sampler=sampler, engine=sampler, probe_prompts=source.eval_ids,
-                      stop_ids=source.stop_ids)
-    evaluator = Evaluator(cfg, source, sync, mesh, step0_cache=step0_cache)
-    return RunLoop(cfg, run_dir, mesh, learner=learner, source=source, sync=sync, evaluator=evaluator,
-                   logger=MetricsLogger(run_dir, tensorboard=False), close_sampler=sampler.close)
+_loop = fake_loop
 
 
 def _rows(run_dir, step):

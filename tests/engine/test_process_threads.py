@@ -1,6 +1,10 @@
 """The learner's CPU thread count: every core unless the engine generates beside the training pass."""
 
+from types import SimpleNamespace
+
 import pytest
+import torch
+from fakes import digits_config, digits_data, fake_loop, tokenizer_in
 
 from engine.config import RunConfig
 from engine.process import learner_threads, overlap_threads
@@ -46,3 +50,23 @@ def test_the_node_cores_are_split_over_its_ranks(monkeypatch):
 @pytest.mark.parametrize("rank", [0, 3])
 def test_at_least_one_thread(rank):
     assert learner_threads(_cfg(overlap=True, sync_every=2), rank=rank, cores=1) == 1
+
+
+def test_the_loop_repicks_the_threads_between_training_micro_batches(tmp_path):
+    """Under overlap the loop hands the learner a hook that gives it every core unless the producer
+    is generating at that moment; on the synchronous path it sets none."""
+    data, tok = digits_data(tmp_path / "data"), tokenizer_in(tmp_path / "tok")
+    sync_loop = fake_loop(digits_config(data), tok, tmp_path / "sync")
+    assert sync_loop._threads is None and not hasattr(sync_loop.learner, "micro_batch_hook")
+    loop = fake_loop(digits_config(data, overlap=True, sync_every=2, **{"learner.threads": 0}), tok, tmp_path / "o")
+    alone, beside = loop._threads
+    assert alone == beside + 1 or alone == beside == 1
+    assert loop.learner.micro_batch_hook == loop._pick_threads
+    before = torch.get_num_threads()
+    try:
+        for generating, want in ((True, beside), (False, alone), (True, beside)):
+            loop.pipeline = SimpleNamespace(generating=lambda g=generating: g)
+            loop.learner.micro_batch_hook()
+            assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
