@@ -114,6 +114,10 @@ class SamplerConfig(_Section):
     # vLLM tensor parallelism of the sampler, independent of the learner's (weights are pushed as
     # full tensors and each vLLM worker takes its shard). On CPU each worker needs a core.
     tp: int = Field(1, ge=1)
+    # CPU cores of the vLLM worker(s). all: every core of the process (split over `tp` workers);
+    # vllm: vLLM's own binding (one core per worker on a one-NUMA-node machine; tp > 1 still splits
+    # every core); auto: all, unless the run overlaps generation with training (RunConfig.sampler_cpu_cores)
+    cpu_cores: Literal["auto", "all", "vllm"] = "auto"
     # one: rank 0's engine makes every rollout. per_node: the first rank of every node runs an
     # engine too; rank 0 splits each generate across them and streams every push to all
     # (engine/sampler/pool.py). On one node the two are the same.
@@ -331,6 +335,13 @@ class RunConfig(_Section):
             prompt_key=d.prompt_key, answer_key=d.answer_key, prompt_template=d.prompt_template,
             chat_template=d.chat_template, system_prompt=d.system_prompt,
         )}  # fmt: skip
+
+    @property
+    def sampler_cpu_cores(self) -> str:
+        """`sampler.cpu_cores` with auto resolved: every core unless generation overlaps training."""
+        if self.sampler.cpu_cores != "auto":
+            return self.sampler.cpu_cores
+        return "vllm" if self.overlap and not self.offline else "all"
 
     @property
     def sampler_dtype(self) -> str:

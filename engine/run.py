@@ -54,7 +54,8 @@ def build_run(cfg: RunConfig, run_dir: str | Path, mesh: Mesh, *, sampler=None,
     learner = Learner(cfg.model, cfg.learner, cfg.optim, mesh, kernels=cfg.kernels)
     owns, remote = sampler is None, None
     if owns:  # this rank's engine (engines=per_node: the first rank of every node runs one)
-        build = partial(VLLMSampler.from_config, cfg.sampler, model=cfg.model, seed=cfg.seed, dtype=cfg.sampler_dtype)
+        build = partial(VLLMSampler.from_config, cfg.sampler, model=cfg.model, seed=cfg.seed, dtype=cfg.sampler_dtype,
+                        cpu_cores=cfg.sampler_cpu_cores)
         sampler, remote = place_engines(build, per_node=cfg.sampler.engines == "per_node", is_driver=driver)
     source.sampler = sampler
     sync = WeightSync(cfg, learner, mesh, sampler=sampler, engine=sampler if sampler is not None else remote,

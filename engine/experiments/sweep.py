@@ -248,7 +248,9 @@ def run_sweep(sweep: Sweep, *, make_sampler=None) -> dict:
                           "launch it with python, not torchrun")
     first = todo[0][1]
     make_sampler = make_sampler or VLLMSampler.from_config
-    sampler = make_sampler(first.sampler, model=str(sweep.seed_model), seed=0, dtype=first.sampler_dtype)
+    cores = "vllm" if any(cfg.sampler_cpu_cores == "vllm" for _, cfg in todo) else first.sampler_cpu_cores
+    sampler = make_sampler(first.sampler, model=str(sweep.seed_model), seed=0, dtype=first.sampler_dtype,
+                           cpu_cores=cores)
     step0_cache: dict = {}
     try:
         for k, (spec, cfg) in enumerate(todo):

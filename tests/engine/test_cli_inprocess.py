@@ -48,7 +48,7 @@ def samplers(monkeypatch):
 
     made = []
 
-    def from_config(cfg, *, model, seed, dtype="float32"):
+    def from_config(cfg, *, model, seed, dtype="float32", cpu_cores=None):
         s = ScoringSampler(load_tokenizer(model), model)
         s.model_dir, s.seed = str(model), seed
         made.append(s)
@@ -230,7 +230,7 @@ def test_sweep_verb_runs_and_reports(seed_model, digits, tmp_path, monkeypatch, 
 
     made = []
 
-    def make(cfg, *, model, seed, dtype):
+    def make(cfg, *, model, seed, dtype, cpu_cores):
         made.append(Sampler(load_tokenizer(model), model))
         return made[-1]
 

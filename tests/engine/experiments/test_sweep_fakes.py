@@ -68,12 +68,12 @@ class _Factory:
     def __init__(self):
         self.calls, self.samplers = [], []
 
-    def __call__(self, cfg, *, model, seed, dtype):
+    def __call__(self, cfg, *, model, seed, dtype, cpu_cores):
         from scoring_sampler import ScoringSampler
 
         from engine.data.tokenizer import load_tokenizer
 
-        self.calls.append({"model": model, "seed": seed, "dtype": dtype})
+        self.calls.append({"model": model, "seed": seed, "dtype": dtype, "cpu_cores": cpu_cores})
         s = ScoringSampler(load_tokenizer(model), model)
         self.samplers.append(s)
         return s
@@ -93,7 +93,8 @@ def test_run_sweep_skips_done_runs_and_redoes_changed_and_partial_ones(seed_mode
     factory = _Factory()
     result = run_sweep(sweep, make_sampler=factory)
     assert result["ran"] == 2 and result["skipped"] == 0 and result["seconds"] >= 0
-    assert factory.calls == [{"model": str(seed_model), "seed": 0, "dtype": "float32"}]  # one engine for all
+    # one engine for all runs; none overlaps generation with training, so its worker takes every core
+    assert factory.calls == [{"model": str(seed_model), "seed": 0, "dtype": "float32", "cpu_cores": "all"}]
     sampler = factory.samplers[0]
     assert sampler.closed
     seed_weights = load_file(str(seed_model / "model.safetensors"))

@@ -119,3 +119,27 @@ def test_cpu_bind_lists_give_each_sampler_worker_its_cores():
     assert cpu_bind_lists(2, [0, 1, 2, 3, 4]) == "0-2|3-4"
     with pytest.raises(ValueError, match="tp=3 CPU workers need 3 cores"):
         cpu_bind_lists(3, [0, 1])
+
+
+@pytest.mark.parametrize(("cores", "tp", "want"), [("all", 1, "0-1"), ("auto", 1, "0-1"), ("vllm", 1, None),
+                                                   ("vllm", 2, "0|1"), ("all", 2, "0|1")])
+def test_the_workers_take_every_core_unless_told_to_keep_vllms_binding(cores, tp, want, monkeypatch):
+    """sampler.cpu_cores: the environment the engine is built with (read by vLLM's CPU worker)."""
+    from engine.config import SamplerConfig
+    from engine.sampler.vllm_engine import VLLMSampler
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    sampler = VLLMSampler.__new__(VLLMSampler)
+    sampler.cfg, sampler._quiet_path = SamplerConfig(cpu_cores=cores, tp=tp), None
+    assert sampler._engine_env(None).get("VLLM_CPU_OMP_THREADS_BIND") == want
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")  # the user's own binding wins
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in sampler._engine_env(None)
+
+
+def test_a_run_keeps_vllms_binding_only_when_generation_overlaps_training():
+    from engine.config import RunConfig
+
+    assert RunConfig(model="m").sampler_cpu_cores == "all"
+    assert RunConfig(model="m", overlap=True, sync_every=2).sampler_cpu_cores == "vllm"
+    assert RunConfig(model="m", overlap=True, sync_every=2, sampler={"cpu_cores": "all"}).sampler_cpu_cores == "all"
