@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from engine.bench.stamp import RecordedOutput
+
 MIB = 1 << 20
 GPU_SHAPES = [(n, 4096, v) for n in (4096, 16384) for v in (32768, 128256)]
 
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=".cache/seed", help="the demo model for the end-to-end step")
     ap.add_argument("--worker", choices=["logprob", "e2e"], help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None, help="also write the printed figures here, with the machine stamp")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.shape_given = args.n is not None
@@ -348,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker == "e2e":
         print(json.dumps(e2e_worker(args.impl, args.model)))
         return 0
-    if args.only in (None, "logprob"):
-        (bench_logprob_gpu if args.device == "cuda" else bench_logprob_cpu)(args)
-    if args.only in (None, "e2e"):
-        bench_e2e(args)
+    command = " ".join(["semionline bench kernels", *(argv if argv is not None else sys.argv[1:])])
+    with RecordedOutput(args.json, command):
+        if args.only in (None, "logprob"):
+            (bench_logprob_gpu if args.device == "cuda" else bench_logprob_cpu)(args)
+        if args.only in (None, "e2e"):
+            bench_e2e(args)
     return 0
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from engine.bench.stamp import RecordedOutput
 from engine.rewards.math import MathVerifier, extract_answer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=5.0)
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each file")
+    parser.add_argument("--json", default=None, help="also write the printed figures here, with the machine stamp")
     args = parser.parse_args(argv)
+    command = " ".join(["semionline bench math-reward", *(argv if argv is not None else sys.argv[1:])])
+    with RecordedOutput(args.json, command):
+        run(args)
+
+
+def run(args) -> None:
     with MathVerifier(num_workers=args.workers) as verifier:
         verifier.score(["\\boxed{1}"], ["1"])  # start the workers outside the timed region
         for name in ("gsm8k_test.jsonl", "math500_test.jsonl"):

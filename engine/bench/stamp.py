@@ -81,3 +81,41 @@ def machine_stamp(matmul_n: int = 1024) -> dict:
         "git_dirty": bool(status) if status is not None else None,
         "utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+class RecordedOutput:
+    """`with RecordedOutput(path, command):` a bench that prints its figures also writes them, as
+    printed, to a JSON file with the machine stamp (taken at the start) and the command. No-op
+    when `path` is None. The printed lines stay the figures' one source: nothing is re-parsed."""
+
+    def __init__(self, path: str | Path | None, command: str):
+        self.path, self.command, self.lines, self._stdout = path, command, [], None
+
+    def __enter__(self) -> RecordedOutput:
+        if self.path is not None:
+            import sys
+
+            self.machine, self.t0, self._stdout = machine_stamp(), time.perf_counter(), sys.stdout
+            sys.stdout = self
+        return self
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return self._stdout.write(text)
+
+    def flush(self) -> None:
+        self._stdout.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._stdout is None:
+            return
+        import json
+        import sys
+
+        sys.stdout = self._stdout
+        out = "".join(self.lines).splitlines()
+        record = {"command": self.command, "machine": self.machine, "seconds": round(time.perf_counter() - self.t0, 1),
+                  "completed": exc[0] is None, "output": out}
+        tmp = Path(f"{self.path}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(self.path)
