@@ -163,7 +163,7 @@ def cmd_bench(args) -> int | None:
 
 # `semionline bench <what>` -> module under engine/bench/
 BENCHES = {"kernels": "kernels", "learner": "learner", "e2e": "e2e", "math-reward": "math_reward",
-           "peer": "peer", "gpu": "gpu_check", "suite": "suite"}
+           "peer": "peer", "gpu": "gpu_check", "suite": "suite", "logprob-tune": "logprob_tune"}
 
 
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "learner (tokens/s, FLOP/s vs matmul, pp=2 bubble); "
                                      "e2e (overlap off vs on per step, weight sync, timeline PNG); "
                                      "math-reward (math-verify on the real data); peer (side by side with TRL); "
-                                     "gpu (the CUDA node check)")
+                                     "gpu (the CUDA node check); logprob-tune (Triton tile sweep, CUDA)")
     p.add_argument("what", choices=list(BENCHES))
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to engine/bench/<what>.py")
     p.set_defaults(fn=cmd_bench)

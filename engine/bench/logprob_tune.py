@@ -1,6 +1,6 @@
 """Tile sweep of the Triton log-prob kernels on a CUDA device (bf16), against a bf16 GEMM.
 
-    python -m engine.bench.logprob_tune --json out.json                 # the default sweep
+    semionline bench logprob-tune --json out.json                       # the default sweep
     python -m engine.bench.logprob_tune --n 16384 --h 4096 --v 128256    # the same shape, explicit
 
 For each (BLOCK_N, BLOCK_V, BLOCK_H, num_warps, num_stages) it patches the 16-bit tile of

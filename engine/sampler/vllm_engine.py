@@ -18,12 +18,9 @@ Choices, and why:
   quantity the learner computes, whatever sampling temperature was used (the GRPO behaviour
   policy log-probs and the sampler/learner gap both want this).
 - Separate process (default): vLLM's V1 engine core in its own process, and on CPU the model in
-  a further worker process; weights through `SharedMemoryFileTransport`. CPU cores
-  (`sampler.cpu_cores`): by default the worker's threads take every core of the process
-  (`VLLM_CPU_OMP_THREADS_BIND`, `cpu_bind_lists`), since on the synchronous path nothing computes
-  while it generates (SmolLM2-135M: 6.4 s against 9.9 s for 2 x 4 x 96 tokens on 2 cores); a run
-  that overlaps generation with training keeps vLLM's own binding (1 thread on core 0 of 2, the
-  other core left to the learner). The caller keeps its threads and torch.distributed state. `close()` takes ~5 s (vLLM's graceful process shutdown).
+  a further worker process; weights through `SharedMemoryFileTransport`. `sampler.cpu_cores`: the
+  worker takes every core (`cpu_bind_lists`) unless the run overlaps generation with training,
+  which keeps vLLM's binding (core 0 of 2). The caller keeps its threads and distributed state. `close()` takes ~5 s (vLLM's graceful process shutdown).
 - In-process (`separate_process=False`, `VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine is
   built; weights through `InProcessTransport`): vLLM then creates a gloo default process group in
   the caller (so this mode refuses to start when torch.distributed is initialized; vLLM would
@@ -31,8 +28,7 @@ Choices, and why:
   single-process tests and debugging; the learner's path is the separate process.
 - Sampler TP (`tp`): vLLM's own tensor parallelism; pushes stay full Hugging Face tensors and
   each vLLM worker loads its shard, so any learner layout feeds any sampler TP. On CPU each
-  worker gets its own cores (`cpu_bind_lists`: "0|1" on 2 cores), since vLLM's `auto` binding
-  wants a NUMA node per worker.
+  worker gets its own cores ("0|1" on 2 cores): vLLM's `auto` wants a NUMA node per worker.
 - KV cache: `kv_cache_gib` becomes the engine argument `kv_cache_memory_bytes` (fractions allowed).
   An inherited `VLLM_CPU_KVCACHE_SPACE` would silently override it on CPU, so it is unset while
   the engine is built.
@@ -179,8 +175,7 @@ class VLLMSampler:
         env = {
             "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if self.cfg.separate_process else "0",
             "VLLM_CPU_KVCACHE_SPACE": None,
-            # engine/sampler/vllm_plugin.py: inside `quiet()`, vLLM's processes block instead of
-            # spinning while they wait for each other (read by each process vLLM starts)
+            # vllm_plugin.py: inside `quiet()` vLLM's processes block instead of spinning
             vllm_plugin.ENV: None if self._quiet_path is None else str(quiet_ms),
             vllm_plugin.FLAG_ENV: self._quiet_path,
         }
