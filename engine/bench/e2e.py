@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{tput['standalone_tok_s']:.0f} tok/s, ratio {tput['engine_tok_s'] / tput['standalone_tok_s']:.3f}")
         print(f"one push: {tput['push_bytes']:.0f} bytes in {tput['push_buckets']:.0f} buckets, buffer peak "
               f"{tput['push_buffer_peak_bytes']:.0f} bytes, resident-memory peak +{tput['push_rss_peak_bytes']:.0f} bytes")
+    from engine.bench.stamp import machine_stamp
+
+    summary["command"] = " ".join(["semionline bench e2e", *(argv if argv is not None else sys.argv[1:])])
+    summary["machine"] = machine_stamp()
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 

@@ -115,7 +115,8 @@ def _subprocess(args: list[str], threads: int) -> dict:
         "MALLOC_MMAP_THRESHOLD_": "65536",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), *args]
+    # as a module: run as a script, this file (kernels.py) would shadow the kernels package
+    cmd = [sys.executable, "-m", "engine.bench.kernels", "--threads", str(threads), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"bench worker {' '.join(args)} failed:\n{proc.stderr[-3000:]}")

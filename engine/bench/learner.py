@@ -266,7 +266,8 @@ def bubble(args, root: Path) -> list[dict]:
         "--standalone",
         "--nproc-per-node",
         "2",
-        __file__,
+        "-m",  # as a module: run as a script, engine/bench/kernels.py would shadow the kernels package
+        "engine.bench.learner",
         "--worker",
         "bubble",
         "--bubble-model",
