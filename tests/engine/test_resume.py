@@ -37,6 +37,11 @@ def _train_cmd(seed_dir, *args):
         "steps=4",
         "objective=grpo",
         "sync_every=2",
+        # one thread on each side, as OMP_NUM_THREADS=1 below means: the run must reproduce
+        # exactly, and 2-thread CPU runs differ from run to run in the last fp32 bits of the
+        # step-0 parity gap (seen: 3.41e-7 against 3.39e-7 with both sides on 2 cores)
+        "learner.threads=1",
+        "sampler.cpu_cores=vllm",
         "rollout.prompts_per_step=4",
         "rollout.samples_per_prompt=4",
         "rollout.max_tokens=24",
